@@ -1,1 +1,63 @@
-fn main(){}
+//! The `simian` binary: parse the command line, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use simian::cli::{self, Cli, Command};
+use simian::config::{Config, LoadError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One clear line per cause, never a backtrace.
+            eprintln!("simian: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Some(Command::Explain { client, cookie, url }) => {
+            let config = load(&cli)?;
+            let Some(config) = config else { return Ok(ExitCode::from(1)) };
+            print!("{}", cli::explain::explain(&config, url, *client, cookie.as_deref()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Demo { listen }) => simian::demo::run(listen).map(|_| ExitCode::SUCCESS),
+        None if cli.check => {
+            let Some(config) = load(&cli)? else { return Ok(ExitCode::from(1)) };
+            print!("{}", cli::check::route_table(&config));
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let Some(config) = load(&cli)? else { return Ok(ExitCode::from(1)) };
+            simian::log::set_level(&cli.log_level).map_err(anyhow::Error::msg)?;
+            let opts = simian::runtime::RunOptions {
+                threads: cli.threads,
+                pid_file: cli.pid_file.clone(),
+                pin_cpus: cli.pin_cpus,
+            };
+            simian::runtime::run(config, &cli.config, &opts).map(|_| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Load the configuration and print its warnings; `None` after printing its errors.
+fn load(cli: &Cli) -> anyhow::Result<Option<Config>> {
+    match Config::load(&cli.config) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprint!("{w}");
+            }
+            Ok(Some(config))
+        }
+        Err(LoadError::Invalid(errors)) => {
+            eprintln!("{errors}");
+            Ok(None)
+        }
+        Err(e @ LoadError::Read { .. }) => Err(e.into()),
+    }
+}

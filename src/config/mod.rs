@@ -1,0 +1,57 @@
+//! The configuration: the Monkey proxy_reverse language, extended (SPEC section 2).
+//!
+//! Pipeline: file bytes → [`raw`] (pest grammar, one line at a time, located
+//! directives) → [`resolve`] (sections merged, defaults copied into entries, every
+//! rule checked, regexes compiled) → [`Config`]. Both stages collect every error
+//! with its `file:line:col`; parsing takes text, not paths, so tests feed it strings.
+
+mod diagnostic;
+mod grammar;
+pub mod key;
+mod lint;
+pub mod model;
+pub mod raw;
+mod resolve;
+mod suggest;
+mod values;
+
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::{ConfigErrors, Diagnostic, Severity};
+pub use model::*;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+impl Config {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&bytes, path).map_err(LoadError::Invalid)
+    }
+
+    /// Parse and validate config text; `path` is used in messages only.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Config, ConfigErrors> {
+        let name = path.display().to_string();
+        let raw = raw::parse(&name, bytes);
+        resolve::resolve(raw, PathBuf::from(path))
+    }
+
+    /// Convenience for tests and generated configs.
+    pub fn from_text(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text.as_bytes(), Path::new("<text>"))
+    }
+}

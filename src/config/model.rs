@@ -1,0 +1,257 @@
+//! The validated, immutable configuration: what the data plane reads.
+//!
+//! Built only by `resolve`, after every rule of SPEC section 2 held; nothing here is
+//! re-checked per request. Durations are already `Duration`, addresses already
+//! resolved, regexes already compiled (in the [`crate::route::Router`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::route::Router;
+
+/// Where something was written in the config file, for messages about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// An address to listen on or to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Inet(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: Address,
+    pub tls: bool,
+    pub span: Span,
+}
+
+/// One backend of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// The address exactly as written (`app1:8080`): the `server` label in
+    /// statistics and logs, so a user finds it in their file.
+    pub text: String,
+    pub addr: Address,
+    /// From `weight=N`, or the number of times the server was listed (Monkey's WRR).
+    pub weight: u32,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balancer {
+    Naive,
+    FirstAlive,
+    RoundRobin,
+    LockingRoundRobin,
+    LeastConnections,
+    WeightedRoundRobin,
+    SourceHash,
+    Random,
+    LeastBytes,
+    LeastTime,
+    Workload,
+}
+
+impl Balancer {
+    pub const ALL: [Balancer; 11] = [
+        Balancer::Naive,
+        Balancer::FirstAlive,
+        Balancer::RoundRobin,
+        Balancer::LockingRoundRobin,
+        Balancer::LeastConnections,
+        Balancer::WeightedRoundRobin,
+        Balancer::SourceHash,
+        Balancer::Random,
+        Balancer::LeastBytes,
+        Balancer::LeastTime,
+        Balancer::Workload,
+    ];
+
+    /// The canonical spelling, as printed by `--check` and the statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balancer::Naive => "Naive",
+            Balancer::FirstAlive => "FirstAlive",
+            Balancer::RoundRobin => "RoundRobin",
+            Balancer::LockingRoundRobin => "LockingRoundRobin",
+            Balancer::LeastConnections => "LeastConnections",
+            Balancer::WeightedRoundRobin => "WeightedRoundRobin",
+            Balancer::SourceHash => "SourceHash",
+            Balancer::Random => "Random",
+            Balancer::LeastBytes => "LeastBytes",
+            Balancer::LeastTime => "LeastTime",
+            Balancer::Workload => "Workload",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceMode {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    Off,
+    Tcp,
+    Http(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyKind {
+    Table,
+    Hash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    pub kind: StickyKind,
+    pub timeout: Duration,
+}
+
+/// Passive availability (Monkey's high availability), SPEC section 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Availability {
+    /// Consecutive failed connects that take a server offline; 0 turns it off.
+    pub attempts: u32,
+    pub offline_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub backend: Duration,
+    pub idle: Duration,
+}
+
+/// One `[PROXY_ENTRY]`, with the defaults already copied in.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub mode: Mode,
+    /// `Match` patterns as written, one per token, in file order.
+    pub patterns: Vec<String>,
+    pub servers: Vec<Server>,
+    pub balancer: Balancer,
+    pub availability: Availability,
+    pub timeouts: Timeouts,
+    pub health: HealthSettings,
+    /// Requests in flight per server; `None` is unlimited.
+    pub max_connections: Option<u32>,
+    pub sticky: Option<Sticky>,
+    /// tcp entries only: their own listeners.
+    pub listen: Vec<Listener>,
+    pub wait_bytes: u64,
+    pub splice: SpliceMode,
+    pub span: Span,
+}
+
+/// An IP network for `StatisticsAllow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // A v4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Process-wide settings: the keys only `[PROXY_DEFAULTS]` may hold.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// http listeners (the defaults' `Listen`); empty when nothing needs them.
+    pub listen: Vec<Listener>,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub head_timeout: Duration,
+    /// The defaults' `IdleTimeout`: how long a client connection may sit between
+    /// requests (before a request is routed no entry applies yet).
+    pub idle_timeout: Duration,
+    pub global_max_connections: Option<u32>,
+    pub statistics_url: Option<String>,
+    pub statistics_allow: Vec<Cidr>,
+    pub access_log: Option<PathBuf>,
+    pub error_log: Option<PathBuf>,
+    /// `None` is `auto`: one per core.
+    pub threads: Option<u32>,
+    pub shutdown_timeout: Duration,
+}
+
+/// A whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub global: Global,
+    pub entries: Vec<Entry>,
+    /// Compiled `Match` patterns of every http entry.
+    pub router: Router,
+    /// Things `--check` prints that do not stop the config from loading.
+    pub warnings: Vec<crate::config::Diagnostic>,
+}
+
+impl Config {
+    pub fn threads(&self) -> usize {
+        match self.global.threads {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}

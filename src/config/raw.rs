@@ -1,0 +1,469 @@
+//! Stage one: text → sections of located directives, with no meaning attached yet.
+//!
+//! Each line is parsed on its own by the pest grammar, so every broken line of a file
+//! is reported (pest stops at its first error). What a line means in its section, and
+//! what a section must contain, is `resolve`'s business.
+
+use pest::iterators::Pair;
+use pest::Parser;
+
+use super::diagnostic::{Diagnostic, Severity};
+use super::grammar::{describe, ConfigParser, Rule};
+use super::key::Key;
+use super::model::{Balancer, HealthCheck, Mode, Span, SpliceMode, StickyKind};
+
+/// Longest line accepted; longer ones are certainly not a config line and would make
+/// every message about them unreadable.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A value with the place it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// An address as written, before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrText {
+    Unix(String),
+    /// `[v6]:port`: host without brackets.
+    Ipv6 { host: String, port: String },
+    HostPort { host: String, port: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerToken {
+    Addr { text: String, addr: AddrText },
+    Weight(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Listen { text: String, addr: AddrText, tls: bool },
+    Path(String),
+    Patterns(Vec<Spanned<String>>),
+    Name(String),
+    Servers(Vec<Spanned<ServerToken>>),
+    Balancer(Result<Balancer, String>),
+    /// Digits as written: range checks belong to resolve.
+    Count(String),
+    Duration(String),
+    HealthCheck(HealthCheck),
+    Sticky { cookie: String, kind: StickyKind },
+    Mode(Mode),
+    Splice(SpliceMode),
+    Off,
+    Auto,
+    Cidrs(Vec<Spanned<String>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    pub key: Key,
+    pub span: Span,
+    /// Where the (first) value starts, for messages about the value.
+    pub value_span: Span,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SectionKind {
+    Defaults,
+    Entry,
+}
+
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub kind: SectionKind,
+    pub span: Span,
+    pub directives: Vec<Directive>,
+    /// A line of this section failed to parse: "missing X" checks are skipped for
+    /// it, since X may be on the broken line.
+    pub had_errors: bool,
+}
+
+/// The parse result: sections in file order, the lines of the file (for messages),
+/// and the errors found so far.
+pub struct RawFile {
+    pub file: String,
+    pub lines: Vec<String>,
+    pub sections: Vec<Section>,
+    pub errors: Vec<Diagnostic>,
+}
+
+impl RawFile {
+    pub fn diag(
+        &self,
+        severity: Severity,
+        span: Span,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> Diagnostic {
+        Diagnostic {
+            severity,
+            file: self.file.clone(),
+            line: span.line,
+            col: span.col,
+            message: message.into(),
+            line_text: self
+                .lines
+                .get(span.line.wrapping_sub(1))
+                .cloned()
+                .unwrap_or_default(),
+            help,
+        }
+    }
+}
+
+/// Parse a whole file. Never panics, whatever the bytes.
+pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
+    let mut raw = RawFile {
+        file: file.to_string(),
+        lines: Vec::new(),
+        sections: Vec::new(),
+        errors: Vec::new(),
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            // Name the line and column of the first bad byte, then stop: the rest of a
+            // binary file would be one error per line.
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            let col = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+            raw.errors.push(Diagnostic {
+                severity: Severity::Error,
+                file: file.to_string(),
+                line,
+                col,
+                message: "the file is not UTF-8 text (is this really a config file?)".into(),
+                line_text: String::new(),
+                help: None,
+            });
+            return raw;
+        }
+    };
+    raw.lines = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect();
+    if text.trim().is_empty() {
+        return raw; // resolve reports "no [PROXY_ENTRY]"
+    }
+    let mut current: Option<Section> = None;
+    for i in 0..raw.lines.len() {
+        let lineno = i + 1;
+        let line = raw.lines[i].as_str();
+        if line.len() > MAX_LINE {
+            let e = raw.diag(
+                Severity::Error,
+                Span { line: lineno, col: MAX_LINE + 1 },
+                format!("line is longer than {MAX_LINE} bytes"),
+                None,
+            );
+            raw.errors.push(e);
+            if let Some(s) = current.as_mut() {
+                s.had_errors = true;
+            }
+            continue;
+        }
+        if let Some(pos) = line.find(|c: char| c.is_control() && c != '\t') {
+            let col = line[..pos].chars().count() + 1;
+            let e = raw.diag(
+                Severity::Error,
+                Span { line: lineno, col },
+                "control character in the line (is this really a config file?)",
+                None,
+            );
+            raw.errors.push(e);
+            if let Some(s) = current.as_mut() {
+                s.had_errors = true;
+            }
+            continue;
+        }
+        match ConfigParser::parse(Rule::line, line) {
+            Err(e) => {
+                let d = pest_error(&raw, lineno, line, e);
+                raw.errors.push(d);
+                if let Some(s) = current.as_mut() {
+                    s.had_errors = true;
+                }
+            }
+            Ok(mut pairs) => {
+                let Some(line_pair) = pairs.next() else { continue };
+                for item in line_pair.into_inner() {
+                    match item.as_rule() {
+                        Rule::section => {
+                            let span = span_of(&item, lineno);
+                            let Some(kind) = item.into_inner().next() else { continue };
+                            let kind = match kind.as_rule() {
+                                Rule::defaults_section => SectionKind::Defaults,
+                                Rule::entry_section => SectionKind::Entry,
+                                _ => {
+                                    let help = super::suggest::nearest(
+                                        kind.as_str(),
+                                        ["PROXY_DEFAULTS", "PROXY_ENTRY"],
+                                    );
+                                    let e = raw.diag(
+                                        Severity::Error,
+                                        span_of(&kind, lineno),
+                                        format!(
+                                            "unknown section [{}]: expected [PROXY_DEFAULTS] or [PROXY_ENTRY]",
+                                            kind.as_str()
+                                        ),
+                                        help,
+                                    );
+                                    raw.errors.push(e);
+                                    // Keep reading its lines into a throwaway section.
+                                    SectionKind::Entry
+                                }
+                            };
+                            if let Some(s) = current.take() {
+                                raw.sections.push(s);
+                            }
+                            current = Some(Section {
+                                kind,
+                                span,
+                                directives: Vec::new(),
+                                had_errors: false,
+                            });
+                        }
+                        Rule::EOI => {}
+                        _ => match directive(item, lineno) {
+                            Ok(d) => match current.as_mut() {
+                                Some(s) => s.directives.push(d),
+                                None => {
+                                    let e = raw.diag(
+                                        Severity::Error,
+                                        d.span,
+                                        format!(
+                                            "`{}` outside of a section: expected [PROXY_DEFAULTS] or [PROXY_ENTRY] first",
+                                            d.key.name()
+                                        ),
+                                        None,
+                                    );
+                                    raw.errors.push(e);
+                                }
+                            },
+                            Err(e) => {
+                                let d = raw.diag(Severity::Error, e.0, e.1, e.2);
+                                raw.errors.push(d);
+                                if let Some(s) = current.as_mut() {
+                                    s.had_errors = true;
+                                }
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = current.take() {
+        raw.sections.push(s);
+    }
+    raw
+}
+
+fn span_of(pair: &Pair<Rule>, line: usize) -> Span {
+    let (_, col) = pair.line_col();
+    Span { line, col }
+}
+
+fn pest_error(raw: &RawFile, lineno: usize, line: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+    use pest::error::{ErrorVariant, InputLocation};
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((p, _)) => p,
+    };
+    let col = line.get(..pos).map_or(pos, |s| s.chars().count()) + 1;
+    let found = line
+        .get(pos..)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|w| format!("`{}`", truncate(w, 40)))
+        .unwrap_or_else(|| "end of line".into());
+    let message = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
+            let mut names: Vec<String> = positives.iter().map(describe).collect();
+            names.dedup();
+            format!("expected {}, found {found}", names.join(" or "))
+        }
+        _ => format!("unexpected {found}"),
+    };
+    raw.diag(Severity::Error, Span { line: lineno, col }, message, None)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(n).collect();
+        format!("{t}...")
+    }
+}
+
+type DirectiveError = (Span, String, Option<String>);
+
+fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError> {
+    let span = span_of(&pair, line);
+    let rule = pair.as_rule();
+    let text = pair.as_str().to_string();
+    let mut values = pair.into_inner().peekable();
+    let value_span = values.peek().map_or(span, |p| span_of(p, line));
+    let first = values.next();
+    let first_str = first.as_ref().map_or(String::new(), |p| p.as_str().to_string());
+    let key = match rule {
+        Rule::unknown_directive => {
+            let word = text.split_whitespace().next().unwrap_or("").to_string();
+            let help = super::suggest::nearest(&word, Key::ALL.iter().map(|k| k.name()));
+            return Err((span, format!("unknown key `{}`", truncate(&word, 40)), help));
+        }
+        Rule::listen => Key::Listen,
+        Rule::tls_certificate => Key::TlsCertificate,
+        Rule::tls_key => Key::TlsKey,
+        Rule::match_dir => Key::Match,
+        Rule::name => Key::Name,
+        Rule::server_list => Key::ServerList,
+        Rule::load_balancer => Key::LoadBalancer,
+        Rule::attempts_count => Key::AttemptsCount,
+        Rule::offline_timeout => Key::OfflineTimeOut,
+        Rule::connect_timeout => Key::ConnectTimeout,
+        Rule::backend_timeout => Key::BackendTimeout,
+        Rule::idle_timeout => Key::IdleTimeout,
+        Rule::head_timeout => Key::HeadTimeout,
+        Rule::health_check => Key::HealthCheck,
+        Rule::health_check_interval => Key::HealthCheckInterval,
+        Rule::healthy_threshold => Key::HealthyThreshold,
+        Rule::unhealthy_threshold => Key::UnhealthyThreshold,
+        Rule::max_connections => Key::MaxConnections,
+        Rule::global_max_connections => Key::GlobalMaxConnections,
+        Rule::sticky_cookie => Key::StickyCookie,
+        Rule::sticky_timeout => Key::StickyTimeout,
+        Rule::mode => Key::Mode,
+        Rule::wait_bytes => Key::WaitBytes,
+        Rule::splice => Key::Splice,
+        Rule::statistics_url => Key::StatisticsUrl,
+        Rule::statistics_allow => Key::StatisticsAllow,
+        Rule::access_log => Key::AccessLog,
+        Rule::error_log => Key::ErrorLog,
+        Rule::threads => Key::Threads,
+        Rule::shutdown_timeout => Key::ShutdownTimeout,
+        other => return Err((span, format!("unexpected {other:?}"), None)),
+    };
+    let Some(first) = first else {
+        return Err((span, format!("`{}` needs a value", key.name()), None));
+    };
+    let value = match key {
+        Key::Listen => {
+            let addr = addr_text(&first);
+            let tls = values.next().is_some();
+            Value::Listen { text: first_str, addr, tls }
+        }
+        Key::TlsCertificate | Key::TlsKey | Key::ErrorLog => Value::Path(first_str),
+        Key::AccessLog | Key::Threads if first.as_rule() == Rule::off => Value::Off,
+        Key::Threads if first.as_rule() == Rule::auto => Value::Auto,
+        Key::AccessLog => Value::Path(first_str),
+        Key::Match => Value::Patterns(
+            std::iter::once(first)
+                .chain(values)
+                .map(|p| Spanned { span: span_of(&p, line), value: p.as_str().to_string() })
+                .collect(),
+        ),
+        Key::Name => Value::Name(first_str),
+        Key::ServerList => Value::Servers(
+            std::iter::once(first)
+                .chain(values)
+                .map(|p| {
+                    let span = span_of(&p, line);
+                    let value = if p.as_rule() == Rule::weight {
+                        let n = p.into_inner().next().map_or(String::new(), |n| n.as_str().into());
+                        ServerToken::Weight(n)
+                    } else {
+                        ServerToken::Addr { text: p.as_str().to_string(), addr: addr_text(&p) }
+                    };
+                    Spanned { value, span }
+                })
+                .collect(),
+        ),
+        Key::LoadBalancer => {
+            let inner = first.into_inner().next();
+            Value::Balancer(match inner.as_ref().map(|p| p.as_rule()) {
+                Some(Rule::naive) => Ok(Balancer::Naive),
+                Some(Rule::first_alive) => Ok(Balancer::FirstAlive),
+                Some(Rule::round_robin) => Ok(Balancer::RoundRobin),
+                Some(Rule::locking_round_robin) => Ok(Balancer::LockingRoundRobin),
+                Some(Rule::weighted_round_robin) => Ok(Balancer::WeightedRoundRobin),
+                Some(Rule::least_connections) => Ok(Balancer::LeastConnections),
+                Some(Rule::source_hash) => Ok(Balancer::SourceHash),
+                Some(Rule::random) => Ok(Balancer::Random),
+                Some(Rule::least_bytes) => Ok(Balancer::LeastBytes),
+                Some(Rule::least_time) => Ok(Balancer::LeastTime),
+                Some(Rule::workload) => Ok(Balancer::Workload),
+                _ => Err(first_str),
+            })
+        }
+        Key::AttemptsCount
+        | Key::HealthyThreshold
+        | Key::UnhealthyThreshold
+        | Key::MaxConnections
+        | Key::GlobalMaxConnections
+        | Key::WaitBytes
+        | Key::Threads => Value::Count(first_str),
+        Key::OfflineTimeOut
+        | Key::ConnectTimeout
+        | Key::BackendTimeout
+        | Key::IdleTimeout
+        | Key::HeadTimeout
+        | Key::HealthCheckInterval
+        | Key::StickyTimeout
+        | Key::ShutdownTimeout => Value::Duration(first_str),
+        Key::HealthCheck => {
+            let inner = first.into_inner().next();
+            Value::HealthCheck(match inner.as_ref().map(|p| p.as_rule()) {
+                Some(Rule::hc_off) => HealthCheck::Off,
+                Some(Rule::hc_tcp) => HealthCheck::Tcp,
+                _ => HealthCheck::Http(inner.map_or(first_str, |p| p.as_str().to_string())),
+            })
+        }
+        Key::StickyCookie => {
+            let kind = match values
+                .next()
+                .and_then(|k| k.into_inner().next())
+                .map(|p| p.as_rule())
+            {
+                Some(Rule::sticky_hash) => StickyKind::Hash,
+                _ => StickyKind::Table,
+            };
+            Value::Sticky { cookie: first_str, kind }
+        }
+        Key::Mode => Value::Mode(match first.into_inner().next().map(|p| p.as_rule()) {
+            Some(Rule::mode_tcp) => Mode::Tcp,
+            _ => Mode::Http,
+        }),
+        Key::Splice => Value::Splice(match first.into_inner().next().map(|p| p.as_rule()) {
+            Some(Rule::splice_on) => SpliceMode::On,
+            Some(Rule::splice_off) => SpliceMode::Off,
+            _ => SpliceMode::Auto,
+        }),
+        Key::StatisticsUrl => Value::Path(first_str),
+        Key::StatisticsAllow => Value::Cidrs(
+            std::iter::once(first)
+                .chain(values)
+                .map(|p| Spanned { span: span_of(&p, line), value: p.as_str().to_string() })
+                .collect(),
+        ),
+    };
+    Ok(Directive { key, span, value_span, value })
+}
+
+fn addr_text(pair: &Pair<Rule>) -> AddrText {
+    let mut inner = pair.clone().into_inner();
+    let a = inner.next().map_or(String::new(), |p| p.as_str().to_string());
+    let b = inner.next().map_or(String::new(), |p| p.as_str().to_string());
+    match pair.as_rule() {
+        Rule::unix_addr => AddrText::Unix(a),
+        Rule::ipv6_addr => AddrText::Ipv6 { host: a, port: b },
+        _ => AddrText::HostPort { host: a, port: b },
+    }
+}

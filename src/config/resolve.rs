@@ -1,0 +1,500 @@
+//! Stage two: sections of directives → a validated [`Config`].
+//!
+//! Applies SPEC section 2: which key may stand where, defaults copied into every
+//! entry that does not set them (Monkey semantics), every value range, and the rules
+//! across entries (unique names, no duplicate `Listen`). Errors are collected, not
+//! returned at the first, so `--check` shows everything wrong with a file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::diagnostic::{ConfigErrors, Diagnostic, Severity};
+use super::key::{Key, Place};
+use super::model::*;
+use super::raw::{Directive, RawFile, SectionKind, ServerToken, Value};
+use super::{lint, values};
+use crate::route::Router;
+
+const MAX_WEIGHT: u64 = 1000;
+
+/// The directives of one section by key (validated for place and repetition).
+#[derive(Default)]
+struct Keys<'a> {
+    map: HashMap<Key, Vec<&'a Directive>>,
+}
+
+impl<'a> Keys<'a> {
+    fn one(&self, key: Key) -> Option<&'a Directive> {
+        self.map.get(&key).and_then(|v| v.first().copied())
+    }
+    fn all(&self, key: Key) -> &[&'a Directive] {
+        self.map.get(&key).map_or(&[], |v| v.as_slice())
+    }
+}
+
+struct Resolver<'r> {
+    raw: &'r RawFile,
+    errors: Vec<Diagnostic>,
+}
+
+impl<'r> Resolver<'r> {
+    fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
+        let d = self.raw.diag(Severity::Error, span, message, help);
+        self.errors.push(d);
+    }
+
+    /// Check place and repetition of every directive of a section.
+    fn keys<'a>(&mut self, section: &'a super::raw::Section) -> Keys<'a> {
+        let mut keys = Keys::default();
+        let in_defaults = section.kind == SectionKind::Defaults;
+        for d in &section.directives {
+            let wrong = match d.key.place() {
+                Place::Defaults => !in_defaults,
+                Place::Entry => in_defaults,
+                Place::Both => false,
+            };
+            if wrong {
+                let (here, there) = if in_defaults {
+                    ("[PROXY_DEFAULTS]", "[PROXY_ENTRY]")
+                } else {
+                    ("[PROXY_ENTRY]", "[PROXY_DEFAULTS]")
+                };
+                self.error(
+                    d.span,
+                    format!("`{}` is not allowed in {here}: it belongs in {there}", d.key.name()),
+                    None,
+                );
+                continue;
+            }
+            let list = keys.map.entry(d.key).or_default();
+            if let (false, Some(first)) = (d.key.repeatable(), list.first()) {
+                let first_line = first.span.line;
+                self.error(
+                    d.span,
+                    format!(
+                        "`{}` is set twice in this section (first on line {first_line})",
+                        d.key.name()
+                    ),
+                    None,
+                );
+                continue;
+            }
+            list.push(d);
+        }
+        keys
+    }
+
+    fn count(&mut self, d: Option<&Directive>, min: u64, max: u64) -> Option<u64> {
+        let d = d?;
+        let Value::Count(text) = &d.value else { return None };
+        match values::count(text, min, max) {
+            Ok(n) => Some(n),
+            Err(m) => {
+                self.error(d.value_span, format!("{}: {m}", d.key.name()), None);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, d: Option<&Directive>, nonzero: bool) -> Option<Duration> {
+        let d = d?;
+        let Value::Duration(text) = &d.value else { return None };
+        let r = if nonzero { values::nonzero_duration(text) } else { values::duration(text) };
+        match r {
+            Ok(v) => Some(v),
+            Err(m) => {
+                self.error(d.value_span, format!("{}: {m}", d.key.name()), None);
+                None
+            }
+        }
+    }
+
+    fn listeners(&mut self, ds: &[&Directive]) -> Vec<Listener> {
+        let mut out = Vec::new();
+        for d in ds {
+            if let Value::Listen { addr, tls, text } = &d.value {
+                match values::address(addr, true) {
+                    Ok(a) => out.push(Listener { addr: a, tls: *tls, span: d.value_span }),
+                    Err(m) => self.error(d.value_span, format!("Listen `{text}`: {m}"), None),
+                }
+            }
+        }
+        out
+    }
+
+    fn servers(&mut self, ds: &[&Directive]) -> Vec<Server> {
+        let mut out: Vec<Server> = Vec::new();
+        for d in ds {
+            let Value::Servers(tokens) = &d.value else { continue };
+            // Index into `out` of the address the next weight= applies to.
+            let mut last: Option<usize> = None;
+            let mut last_weighted = false;
+            for t in tokens {
+                match &t.value {
+                    ServerToken::Addr { text, addr } => {
+                        let addr = match values::address(addr, false) {
+                            Ok(a) => a,
+                            Err(m) => {
+                                self.error(t.span, format!("server `{text}`: {m}"), None);
+                                last = None;
+                                continue;
+                            }
+                        };
+                        // A server listed k times has weight k (Monkey's WRR).
+                        if let Some(i) = out.iter().position(|s| s.addr == addr) {
+                            out[i].weight += 1;
+                            last = Some(i);
+                        } else {
+                            out.push(Server { text: text.clone(), addr, weight: 1, span: t.span });
+                            last = Some(out.len() - 1);
+                        }
+                        last_weighted = false;
+                    }
+                    ServerToken::Weight(n) => {
+                        let Some(i) = last else {
+                            self.error(t.span, "`weight=` must follow a server address", None);
+                            continue;
+                        };
+                        if last_weighted {
+                            self.error(t.span, "a second `weight=` for the same server", None);
+                            continue;
+                        }
+                        match values::count(n, 1, MAX_WEIGHT) {
+                            // weight=N replaces the 1 this listing added.
+                            Ok(w) => out[i].weight = out[i].weight - 1 + w as u32,
+                            Err(m) => self.error(t.span, format!("weight: {m}"), None),
+                        }
+                        last_weighted = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Validate a parsed file into a configuration.
+pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
+    let mut r = Resolver { raw: &raw, errors: Vec::new() };
+    let mut errors_before = std::mem::take(&mut r.errors);
+    errors_before.extend(raw.errors.iter().cloned());
+
+    // Section order and multiplicity.
+    let mut defaults: Option<&super::raw::Section> = None;
+    let mut entry_sections = Vec::new();
+    for s in &raw.sections {
+        match s.kind {
+            SectionKind::Defaults if defaults.is_some() => {
+                r.error(s.span, "a second [PROXY_DEFAULTS]: there can be only one", None)
+            }
+            SectionKind::Defaults if !entry_sections.is_empty() => r.error(
+                s.span,
+                "[PROXY_DEFAULTS] must come before the first [PROXY_ENTRY]",
+                None,
+            ),
+            SectionKind::Defaults => defaults = Some(s),
+            SectionKind::Entry => entry_sections.push(s),
+        }
+    }
+    let dk = match defaults {
+        Some(s) => r.keys(s),
+        None => Keys::default(),
+    };
+    let defaults_broken = defaults.is_some_and(|s| s.had_errors);
+    if entry_sections.is_empty() && raw.errors.is_empty() {
+        let line = raw.lines.len().max(1);
+        r.error(
+            Span { line, col: 1 },
+            "no [PROXY_ENTRY] section: a configuration needs at least one entry",
+            None,
+        );
+    }
+
+    // Global settings (defaults only).
+    let mut global = Global {
+        listen: Vec::new(),
+        tls_certificate: path_of(dk.one(Key::TlsCertificate)),
+        tls_key: path_of(dk.one(Key::TlsKey)),
+        head_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        global_max_connections: None,
+        statistics_url: path_of(dk.one(Key::StatisticsUrl)).map(|p| p.to_string_lossy().into()),
+        statistics_allow: Vec::new(),
+        access_log: match dk.one(Key::AccessLog).map(|d| &d.value) {
+            Some(Value::Path(p)) => Some(PathBuf::from(p)),
+            _ => None,
+        },
+        error_log: path_of(dk.one(Key::ErrorLog)),
+        threads: None,
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    if let Some(d) = r.duration(dk.one(Key::HeadTimeout), true) {
+        global.head_timeout = d;
+    }
+    if let Some(d) = r.duration(dk.one(Key::IdleTimeout), true) {
+        global.idle_timeout = d;
+    }
+    if let Some(d) = r.duration(dk.one(Key::ShutdownTimeout), false) {
+        global.shutdown_timeout = d;
+    }
+    global.global_max_connections =
+        r.count(dk.one(Key::GlobalMaxConnections), 1, u32::MAX as u64).map(|n| n as u32);
+    global.threads = r.count(dk.one(Key::Threads), 1, 1024).map(|n| n as u32);
+    let allow = dk.all(Key::StatisticsAllow);
+    if allow.is_empty() {
+        global.statistics_allow = vec![
+            values::cidr("127.0.0.0/8").expect("constant"),
+            values::cidr("::1").expect("constant"),
+        ];
+    }
+    for d in allow {
+        if let Value::Cidrs(list) = &d.value {
+            for c in list {
+                match values::cidr(&c.value) {
+                    Ok(c) => global.statistics_allow.push(c),
+                    Err(m) => r.error(c.span, format!("StatisticsAllow: {m}"), None),
+                }
+            }
+        }
+    }
+    let default_listen = r.listeners(dk.all(Key::Listen));
+
+    // Entries.
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut patterns: Vec<(usize, String, Span)> = Vec::new();
+    for (n, s) in entry_sections.iter().enumerate() {
+        let ek = r.keys(s);
+        let pick = |k: Key| ek.one(k).or_else(|| dk.one(k));
+        let mode = match ek.one(Key::Mode).map(|d| &d.value) {
+            Some(Value::Mode(m)) => *m,
+            _ => Mode::Http,
+        };
+        let name = match ek.one(Key::Name).map(|d| &d.value) {
+            Some(Value::Name(name)) => name.clone(),
+            _ => format!("entry{}", n + 1),
+        };
+        if let Some(prev) = entries.iter().find(|e| e.name == name) {
+            let at = ek.one(Key::Name).map_or(s.span, |d| d.value_span);
+            let line = prev.span.line;
+            r.error(at, format!("entry name `{name}` is already used by the entry on line {line}"), None);
+        }
+
+        let server_ds = if ek.all(Key::ServerList).is_empty() {
+            dk.all(Key::ServerList)
+        } else {
+            ek.all(Key::ServerList)
+        };
+        let servers = r.servers(server_ds);
+        if server_ds.is_empty() && !s.had_errors && !defaults_broken {
+            r.error(
+                s.span,
+                format!("entry `{name}` has no ServerList (in the entry or in [PROXY_DEFAULTS])"),
+                None,
+            );
+        }
+
+        let balancer = match pick(Key::LoadBalancer) {
+            Some(d) => match &d.value {
+                Value::Balancer(Ok(b)) => *b,
+                Value::Balancer(Err(text)) => {
+                    let help = super::suggest::nearest(text, Balancer::ALL.iter().map(|b| b.name()));
+                    let all: Vec<&str> = Balancer::ALL.iter().map(|b| b.name()).collect();
+                    r.error(
+                        d.value_span,
+                        format!("unknown balancer `{text}`: expected one of {}", all.join(", ")),
+                        help,
+                    );
+                    Balancer::RoundRobin
+                }
+                _ => Balancer::RoundRobin,
+            },
+            None => Balancer::RoundRobin,
+        };
+
+        let mut entry_patterns = Vec::new();
+        for d in ek.all(Key::Match) {
+            if mode == Mode::Tcp {
+                r.error(d.span, "a `Mode tcp` entry has no `Match`: it takes every connection on its Listen", None);
+                continue;
+            }
+            if let Value::Patterns(ps) = &d.value {
+                for p in ps {
+                    entry_patterns.push(p.value.clone());
+                    patterns.push((n, p.value.clone(), p.span));
+                }
+            }
+        }
+        if mode == Mode::Http && ek.all(Key::Match).is_empty() && !s.had_errors {
+            r.error(s.span, format!("http entry `{name}` has no `Match` line"), None);
+        }
+
+        let listen = r.listeners(ek.all(Key::Listen));
+        match mode {
+            Mode::Http => {
+                if let Some(d) = ek.all(Key::Listen).first() {
+                    r.error(
+                        d.span,
+                        "an http entry cannot have its own `Listen`: http listeners go in [PROXY_DEFAULTS] (or set `Mode tcp`)",
+                        None,
+                    );
+                }
+            }
+            Mode::Tcp => {
+                if ek.all(Key::Listen).is_empty() && !s.had_errors {
+                    r.error(s.span, format!("tcp entry `{name}` needs its own `Listen`"), None);
+                }
+                for l in listen.iter().filter(|l| l.tls) {
+                    r.error(l.span, "`tls` is only for http listeners", None);
+                }
+                for k in [Key::StickyCookie, Key::StickyTimeout] {
+                    if let Some(d) = ek.one(k) {
+                        r.error(d.span, format!("`{}` is for http entries only", k.name()), None);
+                    }
+                }
+            }
+        }
+        if mode == Mode::Http {
+            if let Some(d) = ek.one(Key::WaitBytes) {
+                r.error(d.span, "`WaitBytes` is for `Mode tcp` entries only", None);
+            }
+        }
+
+        let availability = Availability {
+            attempts: r.count(pick(Key::AttemptsCount), 0, 1_000_000).map_or(3, |n| n as u32),
+            offline_timeout: r
+                .duration(pick(Key::OfflineTimeOut), false)
+                .unwrap_or(Duration::from_secs(30)),
+        };
+        let timeouts = Timeouts {
+            connect: r.duration(pick(Key::ConnectTimeout), true).unwrap_or(Duration::from_secs(3)),
+            backend: r.duration(pick(Key::BackendTimeout), true).unwrap_or(Duration::from_secs(30)),
+            idle: r.duration(pick(Key::IdleTimeout), true).unwrap_or(Duration::from_secs(60)),
+        };
+        let health = HealthSettings {
+            check: match pick(Key::HealthCheck).map(|d| &d.value) {
+                Some(Value::HealthCheck(h)) => h.clone(),
+                _ => HealthCheck::Off,
+            },
+            interval: r
+                .duration(pick(Key::HealthCheckInterval), true)
+                .unwrap_or(Duration::from_secs(5)),
+            healthy_threshold: r.count(pick(Key::HealthyThreshold), 1, 1000).map_or(2, |n| n as u32),
+            unhealthy_threshold: r
+                .count(pick(Key::UnhealthyThreshold), 1, 1000)
+                .map_or(3, |n| n as u32),
+        };
+        let max_connections =
+            r.count(pick(Key::MaxConnections), 1, u32::MAX as u64).map(|n| n as u32);
+        let sticky = match ek.one(Key::StickyCookie).map(|d| &d.value) {
+            Some(Value::Sticky { cookie, kind }) if mode == Mode::Http => Some(Sticky {
+                cookie: cookie.clone(),
+                kind: *kind,
+                timeout: r
+                    .duration(ek.one(Key::StickyTimeout), true)
+                    .unwrap_or(Duration::from_secs(30 * 60)),
+            }),
+            _ => None,
+        };
+        let wait_bytes = r.count(ek.one(Key::WaitBytes), 0, 1 << 20).unwrap_or(0);
+        let splice = match pick(Key::Splice).map(|d| &d.value) {
+            Some(Value::Splice(m)) => *m,
+            _ => SpliceMode::Auto,
+        };
+        entries.push(Entry {
+            name,
+            mode,
+            patterns: entry_patterns,
+            servers,
+            balancer,
+            availability,
+            timeouts,
+            health,
+            max_connections,
+            sticky,
+            listen,
+            wait_bytes,
+            splice,
+            span: s.span,
+        });
+    }
+
+    // The defaults' Listen is opened only when something serves http on it.
+    let needs_http = entries.iter().any(|e| e.mode == Mode::Http) || global.statistics_url.is_some();
+    if needs_http {
+        global.listen = if default_listen.is_empty() && dk.all(Key::Listen).is_empty() {
+            vec![Listener {
+                addr: Address::Inet(std::net::SocketAddr::from(([0, 0, 0, 0], 8080))),
+                tls: false,
+                span: Span::default(),
+            }]
+        } else {
+            default_listen
+        };
+    }
+    if global.listen.iter().any(|l| l.tls) && (global.tls_certificate.is_none() || global.tls_key.is_none()) {
+        let span = global.listen.iter().find(|l| l.tls).map_or(Span::default(), |l| l.span);
+        r.error(span, "a `tls` listener needs `TLSCertificate` and `TLSKey` in [PROXY_DEFAULTS]", None);
+    }
+
+    // No address is listened on twice.
+    let mut seen: HashMap<&Address, Span> = HashMap::new();
+    let all_listeners: Vec<&Listener> =
+        global.listen.iter().chain(entries.iter().flat_map(|e| e.listen.iter())).collect();
+    for l in all_listeners {
+        if let Some(first) = seen.get(&l.addr) {
+            let line = first.line;
+            let msg = format!("duplicate Listen `{}` (already on line {line})", l.addr);
+            r.error(l.span, msg, None);
+        } else {
+            seen.insert(&l.addr, l.span);
+        }
+    }
+
+    // Compile the routes.
+    let router = match Router::build(patterns.iter().map(|(e, p, _)| (*e, p.clone())).collect()) {
+        Ok(router) => router,
+        Err((i, e)) => {
+            // Report every broken pattern, not only the first.
+            for (_, p, span) in &patterns[i..] {
+                if let Err(e) = crate::route::compile_one(p) {
+                    let msg = format!("invalid regex `{p}`: {}", regex_error_line(&e));
+                    let help = lint::glob_help(p);
+                    r.error(*span, msg, help);
+                }
+            }
+            if r.errors.is_empty() {
+                r.error(patterns.get(i).map_or(Span::default(), |p| p.2), format!("{e}"), None);
+            }
+            Router::empty()
+        }
+    };
+
+    let mut all = errors_before;
+    all.append(&mut r.errors);
+    if !all.is_empty() {
+        all.sort_by_key(|d| (d.line, d.col));
+        all.dedup();
+        return Err(ConfigErrors(all));
+    }
+    let mut config = Config { source, global, entries, router, warnings: Vec::new() };
+    config.warnings = lint::warnings(&raw, &config, &patterns);
+    Ok(config)
+}
+
+fn path_of(d: Option<&Directive>) -> Option<PathBuf> {
+    match d.map(|d| &d.value) {
+        Some(Value::Path(p)) => Some(PathBuf::from(p)),
+        _ => None,
+    }
+}
+
+/// regex errors are multi-line drawings; keep the last line (the actual reason).
+fn regex_error_line(e: &regex::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .map(|l| l.trim_start_matches("error:").trim().to_string())
+        .unwrap_or(s)
+}

@@ -1,0 +1,191 @@
+use super::*;
+use crate::http::{parse_request, parse_response, BodyFraming, ResponseFraming};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+fn info(keep: bool) -> ForwardInfo<'static> {
+    ForwardInfo {
+        client_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
+        proto: "http",
+        keep_backend_alive: keep,
+    }
+}
+
+fn forward(req: &str, info: &ForwardInfo<'_>) -> String {
+    let head = parse_request(req.as_bytes()).unwrap();
+    let mut out = b"stale".to_vec();
+    write_request_head(req.as_bytes(), &head, info, &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+fn back(res: &str, head_req: bool, keep: bool) -> String {
+    let head = parse_response(res.as_bytes(), head_req).unwrap();
+    let mut out = Vec::new();
+    write_response_head(res.as_bytes(), &head, keep, &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn request_basic() {
+    let req = "\r\nGET /a?b HTTP/1.1\r\nHost: Example.com\r\nAccept: */*\r\n\r\nBODY";
+    assert_eq!(
+        forward(req, &info(true)),
+        "GET /a?b HTTP/1.1\r\nHost: Example.com\r\nAccept: */*\r\n\
+         X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+}
+
+#[test]
+fn request_hop_by_hop() {
+    let req = "POST /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Content-Length, Host, \
+               Transfer-Encoding\r\nKeep-Alive: 300\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+               X-Secret: 1\r\nx-secret: 2\r\nUpgrade: websocket\r\nTrailer: X-Sum\r\n\
+               Transfer-Encoding: chunked\r\nX-Other: 3\r\n\r\n";
+    assert_eq!(
+        forward(req, &info(true)),
+        "POST /x HTTP/1.1\r\nHost: a\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\nX-Other: 3\r\n\
+         X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+    let req =
+        "POST /x HTTP/1.1\r\nHost: a\r\nConnection: Content-Length\r\nContent-Length: 0\r\n\r\n";
+    assert!(forward(req, &info(true)).contains("\r\nContent-Length: 0\r\n"));
+}
+
+#[test]
+fn request_forwarded_headers() {
+    let req = "GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\nHost: a\r\n\
+               X-Forwarded-Proto: https\r\nX-Forwarded-For: 10.0.0.3\r\nx-forwarded-for:\r\n\r\n";
+    let v6 = ForwardInfo {
+        client_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        proto: "https",
+        keep_backend_alive: true,
+    };
+    assert_eq!(
+        forward(req, &v6),
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2, 10.0.0.3, ::1\r\n\
+         X-Forwarded-Proto: https\r\n\r\n"
+    );
+    let unix = ForwardInfo {
+        client_ip: None,
+        proto: "http",
+        keep_backend_alive: true,
+    };
+    assert!(forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", &unix)
+        .contains("X-Forwarded-For: unknown\r\n"));
+}
+
+#[test]
+fn request_connection_header() {
+    let r = forward("GET / HTTP/1.0\r\n\r\n", &info(true));
+    assert_eq!(r, "GET / HTTP/1.0\r\nConnection: keep-alive\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n");
+    assert!(forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", &info(false))
+        .contains("\r\nConnection: close\r\n"));
+    assert!(forward("GET / HTTP/1.0\r\n\r\n", &info(false)).contains("\r\nConnection: close\r\n"));
+    assert!(!forward(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        &info(true)
+    )
+    .contains("Connection"));
+    let ws = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: k\r\n\r\n";
+    assert_eq!(
+        forward(ws, &info(true)),
+        "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nConnection: upgrade\r\n\
+         X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+    let h2c =
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+               HTTP2-Settings: AAA\r\n\r\n";
+    assert_eq!(
+        forward(h2c, &info(true)),
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+}
+
+#[test]
+fn forwarded_request_reparses_identically() {
+    let req = "POST /p HTTP/1.1\r\nHost: h\r\nConnection: close, x\r\nx: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let out = forward(req, &info(true));
+    let again = parse_request(out.as_bytes()).unwrap();
+    assert_eq!(again.framing, BodyFraming::Chunked);
+    assert_eq!(again.head_len, out.len());
+}
+
+#[test]
+fn response_basic() {
+    let res =
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+               Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\r\nok";
+    assert_eq!(
+        back(res, false, true),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\r\n"
+    );
+    assert_eq!(
+        back(res, false, false),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=1\r\nConnection: close\r\n\r\n"
+    );
+    let chunked =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\n\r\n";
+    let out = back(chunked, false, true);
+    assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(
+        parse_response(out.as_bytes(), false).unwrap().framing,
+        ResponseFraming::Chunked
+    );
+}
+
+#[test]
+fn response_interim_and_upgrade() {
+    assert_eq!(
+        back("HTTP/1.1 100 Continue\r\n\r\n", false, true),
+        "HTTP/1.1 100 Continue\r\n\r\n"
+    );
+    assert_eq!(
+        back(
+            "HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n",
+            false,
+            false
+        ),
+        "HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n"
+    );
+    let ws = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: x\r\n\r\n";
+    assert_eq!(
+        back(ws, false, true),
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\nConnection: upgrade\r\n\r\n"
+    );
+}
+
+#[test]
+fn error_responses() {
+    let mut out = Vec::new();
+    let head_len = error_response(502, true, &mut out);
+    let s = std::str::from_utf8(&out).unwrap();
+    assert_eq!(
+        s,
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\
+         Connection: close\r\n\r\n502 Bad Gateway\n"
+    );
+    assert_eq!(&s[head_len..], "502 Bad Gateway\n");
+    let head_len = error_response_with(503, false, "Retry-After: 5\r\n", &mut out);
+    let r = parse_response(&out, false).unwrap();
+    assert_eq!((r.status, r.head_len, r.keep_alive), (503, head_len, true));
+    assert!(std::str::from_utf8(&out)
+        .unwrap()
+        .contains("\r\nRetry-After: 5\r\n\r\n"));
+    for status in [
+        400, 403, 404, 408, 413, 431, 500, 501, 502, 503, 504, 505, 599, 7, 65535,
+    ] {
+        let head_len = error_response(status, true, &mut out);
+        let body = &out[head_len..];
+        let cl = format!("Content-Length: {}\r\n", body.len());
+        assert!(std::str::from_utf8(&out).unwrap().contains(&cl), "{status}");
+        if (100..=599).contains(&status) {
+            assert_eq!(
+                parse_response(&out, false).unwrap().framing,
+                ResponseFraming::ContentLength(body.len() as u64)
+            );
+        }
+    }
+    assert_eq!(status_text(431), "Request Header Fields Too Large");
+    assert_eq!(status_text(505), "HTTP Version Not Supported");
+}

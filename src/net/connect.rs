@@ -1,0 +1,55 @@
+//! Nonblocking connect to a backend, bounded by `ConnectTimeout`.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::Stream;
+use crate::config::Address;
+
+pub async fn connect(addr: &Address, timeout: Duration) -> io::Result<Stream> {
+    let (domain, sockaddr, tcp) = match addr {
+        Address::Inet(a) => (Domain::for_address(*a), SockAddr::from(*a), true),
+        Address::Unix(p) => (Domain::UNIX, SockAddr::unix(p)?, false),
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
+    if tcp {
+        socket.set_nodelay(true)?;
+    }
+    let pending = match socket.connect(&sockaddr) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+        // A unix socket whose backlog is full says EAGAIN: treat as a failed connect,
+        // like nginx, rather than waiting.
+        Err(e) => return Err(e),
+    };
+    let fd: OwnedFd = socket.into();
+    let stream = Stream::from_fd(fd, tcp)?;
+    if pending {
+        match monoio::time::timeout(timeout, stream.writable()).await {
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            Ok(r) => r?,
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid out-pointers for an int-sized socket option.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+    }
+    Ok(stream)
+}

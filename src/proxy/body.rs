@@ -1,0 +1,112 @@
+//! Moving bodies: exact-length bodies by splice or copy, chunked bodies through
+//! the scanner (framing checked, bytes unchanged).
+
+use std::io;
+use std::time::Duration;
+
+use crate::config::SpliceMode;
+use crate::http::{ChunkStep, ChunkedScanner};
+use crate::net::{io as nio, splice, Stream};
+use crate::runtime::worker::Worker;
+
+/// Under `Splice auto`, bodies smaller than this are copied: for a few KiB the two
+/// splice calls through a pipe cost more than a read and a write.
+const SPLICE_MIN: u64 = 64 * 1024;
+
+fn use_splice(mode: SpliceMode, n: u64) -> bool {
+    match mode {
+        SpliceMode::On => true,
+        SpliceMode::Off => false,
+        SpliceMode::Auto => n >= SPLICE_MIN,
+    }
+}
+
+/// Forward exactly `n` bytes from socket to socket.
+pub async fn forward_len(w: &Worker, from: &Stream, to: &Stream, n: u64, mode: SpliceMode, t: Duration) -> io::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    if use_splice(mode, n) {
+        let mut pipe = w.pipes.take()?;
+        let r = splice::forward(from, to, &mut pipe, Some(n), t).await;
+        w.pipes.give(pipe);
+        r.map(|_| ())
+    } else {
+        let mut b = w.bufs.take();
+        let r = nio::copy_exact(from, to, n, &mut b, t).await;
+        w.bufs.give(b);
+        r.map(|_| ())
+    }
+}
+
+/// Forward until `from` closes (close-delimited response bodies).
+pub async fn forward_to_eof(w: &Worker, from: &Stream, to: &Stream, mode: SpliceMode, t: Duration) -> io::Result<u64> {
+    if mode != SpliceMode::Off {
+        let mut pipe = w.pipes.take()?;
+        let r = splice::forward(from, to, &mut pipe, None, t).await;
+        w.pipes.give(pipe);
+        r
+    } else {
+        let mut b = w.bufs.take();
+        let r = nio::copy_to_eof(from, to, &mut b, t).await;
+        w.bufs.give(b);
+        r
+    }
+}
+
+/// Forward a chunked body whose first bytes are `buf[pos..]`, reading the rest from
+/// `from`. Returns the offset in `buf` just past the body; `buf` may have been
+/// compacted on the way (bytes before the returned offset are gone or forwarded),
+/// and bytes after it belong to the next message.
+pub async fn forward_chunked(
+    w: &Worker,
+    from: &Stream,
+    to: &Stream,
+    buf: &mut Vec<u8>,
+    mut pos: usize,
+    mode: SpliceMode,
+    t: Duration,
+) -> io::Result<usize> {
+    let bad = |e: crate::http::ChunkError| io::Error::new(io::ErrorKind::InvalidData, e.0);
+    let mut sc = ChunkedScanner::new();
+    // Bytes of `buf` before `sent` are already written to `to`.
+    let mut sent = pos;
+    loop {
+        let mut need_more = false;
+        match sc.step(&buf[pos..]).map_err(bad)? {
+            ChunkStep::Framing(n) => pos += n,
+            ChunkStep::Data(n) => {
+                let k = n.min((buf.len() - pos) as u64);
+                if k > 0 {
+                    pos += k as usize;
+                    sc.data_consumed(k);
+                } else if use_splice(mode, n) {
+                    // A large chunk with nothing buffered: splice it socket to socket.
+                    nio::write_all(to, &buf[sent..pos], t).await?;
+                    buf.clear();
+                    pos = 0;
+                    sent = 0;
+                    forward_len(w, from, to, n, mode, t).await?;
+                    sc.data_consumed(n);
+                } else {
+                    need_more = true;
+                }
+            }
+            ChunkStep::Done(n) => {
+                pos += n;
+                nio::write_all(to, &buf[sent..pos], t).await?;
+                return Ok(pos);
+            }
+            ChunkStep::NeedMore => need_more = true,
+        }
+        if need_more {
+            nio::write_all(to, &buf[sent..pos], t).await?;
+            buf.drain(..pos);
+            pos = 0;
+            sent = 0;
+            if nio::read(from, buf, 64 * 1024, t).await? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed mid-body"));
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! An HTTP/1.x client connection, top to bottom: wait for a request (holding no
+//! buffer while idle), read and check its head, route it, pick a server, connect
+//! (with availability and failover), run the exchange, repeat while keep-alive.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::balance::{PickContext, Tried};
+use crate::http::{self, BodyFraming, RequestError, RequestHead};
+use crate::net::connect::connect;
+use crate::net::listen::Peer;
+use crate::net::{io as nio, Stream};
+use crate::proxy::exchange::{exchange, Done, Fail, Request};
+use crate::runtime::live::Live;
+use crate::runtime::worker::Worker;
+use crate::upstream::clock::now_ms;
+use crate::upstream::ServerState;
+
+/// Serve one client connection until it closes.
+pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
+    // Bytes of the next request already read (pipelining), if any.
+    let mut carry: Option<Vec<u8>> = None;
+    loop {
+        let live = w.live.load_full();
+        let g = &live.config.global;
+        let mut buf = match carry.take() {
+            Some(b) if !b.is_empty() => b,
+            other => {
+                if let Some(b) = other {
+                    w.bufs.give(b);
+                }
+                if w.shutdown.started() || !wait_request(w, &client, g.idle_timeout).await {
+                    return;
+                }
+                w.bufs.take()
+            }
+        };
+        let head = match read_head(&client, &mut buf, g.head_timeout).await {
+            Ok(h) => h,
+            Err(HeadError::Closed) => {
+                w.bufs.give(buf);
+                return;
+            }
+            Err(HeadError::Reject(status, why)) => {
+                crate::info!("client {}: {status}: {why}", show(peer));
+                send_error(&client, status, "", w).await;
+                w.bufs.give(buf);
+                return;
+            }
+        };
+        match handle(w, &live, &client, peer, &mut buf, &head).await {
+            Some(consumed) => {
+                buf.drain(..consumed.min(buf.len()));
+                carry = Some(buf);
+            }
+            None => {
+                w.bufs.give(buf);
+                return;
+            }
+        }
+    }
+}
+
+fn show(peer: Peer) -> String {
+    peer.addr.map_or("unix".to_string(), |a| a.to_string())
+}
+
+/// Wait, holding no buffer, until the client sends the first byte of a request.
+/// False when it closed, timed out, or shutdown asked idle connections to go.
+async fn wait_request(w: &Worker, client: &Stream, idle: Duration) -> bool {
+    w.idle.borrow_mut().insert(client.fd());
+    let r = monoio::time::timeout(idle, client.readable()).await;
+    w.idle.borrow_mut().remove(&client.fd());
+    matches!(r, Ok(Ok(()))) && !w.shutdown.started()
+}
+
+enum HeadError {
+    /// Closed (or timed out) before a byte of a request: nothing to answer.
+    Closed,
+    Reject(u16, &'static str),
+}
+
+/// Read until a whole head is in `buf`; the head must arrive within `limit` of its
+/// first byte, however slowly it trickles (Slowloris).
+async fn read_head(client: &Stream, buf: &mut Vec<u8>, limit: Duration) -> Result<RequestHead, HeadError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !buf.is_empty() {
+            match http::parse_request(buf) {
+                Ok(h) => return Ok(h),
+                Err(RequestError::Incomplete) => {}
+                Err(e) => {
+                    let why = match e {
+                        RequestError::Bad(w) | RequestError::NotImplemented(w) => w,
+                        RequestError::TooLarge => "request head too large",
+                        RequestError::VersionNotSupported => "HTTP version not supported",
+                        RequestError::Incomplete => "incomplete head",
+                    };
+                    return Err(HeadError::Reject(e.status(), why));
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match nio::read(client, buf, http::MAX_HEAD + 1 - buf.len().min(http::MAX_HEAD), left).await {
+            Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Reject(400, "connection closed in the middle of the head")),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && !buf.is_empty() => {
+                return Err(HeadError::Reject(408, "request head not received in time (HeadTimeout)"))
+            }
+            Err(_) => return Err(HeadError::Closed),
+        }
+    }
+}
+
+async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worker) {
+    let mut out = w.bufs.take();
+    http::error_response_with(status, true, extra_headers, &mut out);
+    let _ = nio::write_all(client, &out, Duration::from_secs(5)).await;
+    w.bufs.give(out);
+}
+
+/// Route and proxy one request. `Some(consumed)` to keep the connection open.
+async fn handle(w: &Worker, live: &Arc<Live>, client: &Stream, peer: Peer, buf: &mut Vec<u8>, head: &RequestHead) -> Option<usize> {
+    let config = &live.config;
+    let route = {
+        let mut norm = w.path_scratch.borrow_mut();
+        http::normalize_path(&buf[head.path.clone()], &mut norm);
+        config.router.route(&norm)
+    };
+    let Some(route) = route else {
+        crate::debug!("client {}: 404: no entry matches", show(peer));
+        let close = !head.keep_alive || head.framing != BodyFraming::None;
+        let mut out = w.bufs.take();
+        http::error_response(404, close, &mut out);
+        let ok = nio::write_all(client, &out, config.global.idle_timeout).await.is_ok();
+        w.bufs.give(out);
+        return (ok && !close).then_some(head.head_len);
+    };
+    let entry = &config.entries[route.entry];
+    let rt = &live.entries[route.entry];
+    let idle = config.global.idle_timeout;
+
+    let mut tried = Tried::new(rt.servers.len());
+    let mut any_available = false;
+    let mut last_error = String::from("no server available");
+    loop {
+        let now = now_ms();
+        let cx = PickContext {
+            servers: &rt.servers,
+            client_ip: peer.ip(),
+            client_port: peer.port(),
+            now_ms: now,
+            tried: &tried,
+            max_connections: entry.max_connections,
+        };
+        let Some(i) = rt.balancer.pick(&cx) else { break };
+        tried.insert(i);
+        let server = &rt.servers[i];
+        if !server.try_acquire(now) {
+            continue; // another request is probing it
+        }
+        let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else { continue };
+        any_available = true;
+        let addr = &server.spec.addr;
+        let mut fresh_retry = false;
+        loop {
+            let (backend, reused) = match (!fresh_retry).then(|| w.backends.take(addr)).flatten() {
+                Some(b) => (b, true),
+                None => match connect(addr, entry.timeouts.connect).await {
+                    Ok(b) => {
+                        server.connect_succeeded();
+                        (b, false)
+                    }
+                    Err(e) => {
+                        server.connect_failed(&entry.availability, now_ms());
+                        crate::warn!("entry {}: connect to {} failed: {e}", entry.name, server.spec.text);
+                        last_error = format!("connect to {}: {e}", server.spec.text);
+                        break;
+                    }
+                },
+            };
+            let req = Request { head, peer, entry, reused, idle };
+            match exchange(w, client, &backend, buf, &req).await {
+                Ok(done) => return finish(w, backend, addr, done),
+                Err(Fail::Replayable(e)) => {
+                    crate::debug!("pooled connection to {} failed ({e}); retrying on a fresh one", server.spec.text);
+                    fresh_retry = true;
+                }
+                Err(Fail::Status(status, why)) => {
+                    backend.set_linger_zero();
+                    crate::warn!("entry {}: {status} for client {}: {why} (server {})", entry.name, show(peer), server.spec.text);
+                    send_error(client, status, "", w).await;
+                    return None;
+                }
+                Err(Fail::Abort(why)) => {
+                    backend.set_linger_zero();
+                    crate::info!("entry {}: connection with client {} aborted: {why}", entry.name, show(peer));
+                    return None;
+                }
+            }
+        }
+    }
+    let (status, extra) = if any_available { (502, "") } else { (503, "Retry-After: 1\r\n") };
+    let why = if any_available { last_error } else { "no server available (offline or at MaxConnections)".into() };
+    crate::warn!("entry {}: {status} for client {}: {why}", entry.name, show(peer));
+    send_error(client, status, extra, w).await;
+    None
+}
+
+fn finish(w: &Worker, backend: Stream, addr: &crate::config::Address, done: Done) -> Option<usize> {
+    if done.backend_reusable {
+        w.backends.put(addr, backend);
+    }
+    done.client_keep_alive.then_some(done.consumed)
+}
+
+/// One request in flight on a server: counts in `active` and keeps MaxConnections
+/// exact under concurrency (check and increment are one atomic step).
+struct ActiveSlot<'a>(&'a ServerState);
+
+impl<'a> ActiveSlot<'a> {
+    fn acquire(s: &'a ServerState, max: Option<u32>) -> Option<ActiveSlot<'a>> {
+        match max {
+            None => {
+                s.active.fetch_add(1, Relaxed);
+            }
+            Some(m) => {
+                s.active.fetch_update(AcqRel, Relaxed, |a| (a < m).then_some(a + 1)).ok()?;
+            }
+        }
+        Some(ActiveSlot(s))
+    }
+}
+
+impl Drop for ActiveSlot<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}

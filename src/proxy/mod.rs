@@ -1,0 +1,8 @@
+//! The data path: client connections, one exchange with a backend per request,
+//! bodies, tunnels.
+
+pub mod body;
+pub mod exchange;
+pub mod http;
+pub mod tcp;
+pub mod tunnel;

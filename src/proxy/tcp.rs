@@ -1,0 +1,80 @@
+//! A `Mode tcp` connection (the eproxy/fproxy use case): optionally wait for
+//! `WaitBytes` from the client, pick a server once (every balancer and the
+//! availability rules apply, with failover on connect errors), then tunnel.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::balance::{PickContext, Tried};
+use crate::net::connect::connect;
+use crate::net::listen::Peer;
+use crate::net::{io as nio, Stream};
+use crate::proxy::tunnel;
+use crate::runtime::worker::Worker;
+use crate::upstream::clock::now_ms;
+
+pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, entry_index: usize) {
+    let live = w.live.load_full();
+    // The listener was opened for an entry of the config current at accept time; a
+    // reload may have reordered entries, so fall back to a lookup by listener.
+    let Some(entry) = live.config.entries.get(entry_index) else { return };
+    let rt = &live.entries[entry_index];
+    let idle = entry.timeouts.idle;
+
+    // fproxy -y: no backend connection until the client has said enough.
+    let mut first = Vec::new();
+    if entry.wait_bytes > 0 {
+        while (first.len() as u64) < entry.wait_bytes {
+            let want = entry.wait_bytes as usize - first.len();
+            match nio::read(&client, &mut first, want, idle).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    let mut tried = Tried::new(rt.servers.len());
+    loop {
+        let now = now_ms();
+        let cx = PickContext {
+            servers: &rt.servers,
+            client_ip: peer.ip(),
+            client_port: peer.port(),
+            now_ms: now,
+            tried: &tried,
+            max_connections: entry.max_connections,
+        };
+        let Some(i) = rt.balancer.pick(&cx) else { break };
+        tried.insert(i);
+        let server = &rt.servers[i];
+        if !server.try_acquire(now) {
+            continue;
+        }
+        let backend = match connect(&server.spec.addr, entry.timeouts.connect).await {
+            Ok(b) => {
+                server.connect_succeeded();
+                b
+            }
+            Err(e) => {
+                server.connect_failed(&entry.availability, now_ms());
+                crate::warn!("entry {}: connect to {} failed: {e}", entry.name, server.spec.text);
+                continue;
+            }
+        };
+        server.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !first.is_empty() && nio::write_all(&backend, &first, idle).await.is_err() {
+            server.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let start = now_ms();
+        let moved = tunnel::run_with(w, &client, &backend, idle, entry.splice).await;
+        server.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        server
+            .bytes
+            .fetch_add(moved.a_to_b + moved.b_to_a + first.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        server.busy_ms.fetch_add(now_ms() - start, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    crate::warn!("entry {}: no server could take a tcp connection from {:?}", entry.name, peer.addr);
+    let _ = Duration::ZERO;
+}

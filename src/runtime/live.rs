@@ -1,0 +1,51 @@
+//! The configuration as the workers see it: the validated [`Config`] plus the live
+//! state built from it (per-server atomics, balancers). One `ArcSwap` holds it; a
+//! reload builds a new one off the hot path and swaps it in.
+
+use std::sync::Arc;
+
+use crate::balance::{self, Balance};
+use crate::config::Config;
+use crate::upstream::ServerState;
+
+pub struct EntryRuntime {
+    pub servers: Vec<Arc<ServerState>>,
+    pub balancer: Box<dyn Balance>,
+}
+
+pub struct Live {
+    pub config: Arc<Config>,
+    /// Same order as `config.entries`.
+    pub entries: Vec<EntryRuntime>,
+}
+
+impl Live {
+    /// Build the live state; servers that remain from `previous` (same entry name,
+    /// same address) keep their state: offline marks, counters, connections.
+    pub fn build(config: Config, previous: Option<&Live>) -> Live {
+        let entries = config
+            .entries
+            .iter()
+            .map(|e| {
+                let old = previous.and_then(|p| {
+                    p.config
+                        .entries
+                        .iter()
+                        .position(|o| o.name == e.name)
+                        .map(|i| &p.entries[i])
+                });
+                let servers = e
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        old.and_then(|o| o.servers.iter().find(|x| x.spec.addr == s.addr && x.spec.weight == s.weight))
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(ServerState::new(s.clone())))
+                    })
+                    .collect();
+                EntryRuntime { servers, balancer: balance::build(e.balancer, &e.servers) }
+            })
+            .collect();
+        Live { config: Arc::new(config), entries }
+    }
+}

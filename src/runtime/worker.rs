@@ -1,0 +1,180 @@
+//! One worker: a thread with its own monoio runtime, its own listeners, buffers,
+//! pipes and backend connection pool. Nothing here is shared with other workers
+//! but the `Live` configuration and the per-server atomics inside it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Mode;
+use crate::net::buffer::BufPool;
+use crate::net::listen::{Listener, Registered};
+use crate::net::splice::PipePool;
+use crate::runtime::live::Live;
+use crate::runtime::shutdown::Shutdown;
+use crate::upstream::pool::BackendPool;
+
+/// What a worker's tasks share (thread-local: `Rc`, no locks).
+pub struct Worker {
+    pub id: usize,
+    pub live: Arc<ArcSwap<Live>>,
+    pub bufs: BufPool,
+    pub pipes: PipePool,
+    pub backends: BackendPool,
+    /// Client connections open on this worker.
+    pub conns: Cell<usize>,
+    /// Client connections waiting for their next request: closed at once on shutdown.
+    pub idle: RefCell<HashSet<RawFd>>,
+    /// Reused buffer for the normalised path of the request being routed.
+    pub path_scratch: RefCell<Vec<u8>>,
+    pub shutdown: Shutdown,
+    /// Client connections open in the whole process (GlobalMaxConnections).
+    pub global_conns: Arc<AtomicUsize>,
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug)]
+pub enum Service {
+    Http,
+    /// A tcp entry, by index in the config it was opened for.
+    Tcp(usize),
+}
+
+pub struct WorkerSpec {
+    pub id: usize,
+    pub listeners: Vec<(Listener, Service)>,
+    pub live: Arc<ArcSwap<Live>>,
+    pub shutdown: Shutdown,
+    pub global_conns: Arc<AtomicUsize>,
+    pub pin_cpu: Option<usize>,
+}
+
+/// Run a worker to completion (until shutdown has drained it).
+pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
+    if let Some(cpu) = spec.pin_cpu {
+        if let Err(e) = monoio::utils::bind_to_cpu_set(Some(cpu)) {
+            crate::warn!("worker {}: cannot pin to cpu {cpu}: {e:?}", spec.id);
+        }
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(1024)
+        .enable_timer()
+        .build()?;
+    rt.block_on(async move {
+        if spec.id == 0 {
+            let driver = if monoio::utils::is_legacy() { "epoll (legacy)" } else { "io_uring" };
+            crate::info!("I/O driver: {driver}");
+        }
+        let w = Rc::new(Worker {
+            id: spec.id,
+            live: spec.live,
+            bufs: BufPool::default(),
+            pipes: PipePool::default(),
+            backends: BackendPool::default(),
+            conns: Cell::new(0),
+            idle: RefCell::new(HashSet::new()),
+            path_scratch: RefCell::new(Vec::with_capacity(256)),
+            shutdown: spec.shutdown,
+            global_conns: spec.global_conns,
+        });
+        let mut accepting = Vec::new();
+        for (l, service) in spec.listeners {
+            let addr = l.addr.clone();
+            match l.register() {
+                Ok(reg) => accepting.push(monoio::spawn(accept_loop(w.clone(), reg, service))),
+                Err(e) => crate::error!("worker {}: cannot register listener {addr}: {e}", w.id),
+            }
+        }
+        for a in accepting {
+            a.await;
+        }
+        // Draining: idle keep-alive clients go now; busy ones finish their request
+        // (their response carries `Connection: close`).
+        for fd in w.idle.borrow().iter() {
+            // SAFETY: plain syscall; the fd is open while it is in the set.
+            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+        }
+        // Draining: wait for the connections of this worker to finish.
+        while w.conns.get() > 0 && !w.shutdown.deadline_passed() {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.backends.clear();
+    });
+    Ok(())
+}
+
+async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
+    loop {
+        monoio::select! {
+            _ = w.shutdown.wait() => return,
+            r = l.readable() => if let Err(e) = r {
+                crate::error!("listener {}: {e}", l.addr);
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            },
+        }
+        // Accept everything queued: one readiness wake for a burst.
+        loop {
+            if w.shutdown.started() {
+                return;
+            }
+            if let Some(max) = w.live.load().config.global.global_max_connections {
+                if w.global_conns.load(Relaxed) >= max as usize {
+                    // Leave them in the kernel backlog (HAProxy's maxconn).
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                    break;
+                }
+            }
+            match l.try_accept() {
+                Ok((stream, peer)) => {
+                    w.conns.set(w.conns.get() + 1);
+                    w.global_conns.fetch_add(1, Relaxed);
+                    let w2 = w.clone();
+                    monoio::spawn(async move {
+                        let guard = ConnGuard(w2.clone());
+                        match service {
+                            Service::Http => crate::proxy::http::serve(&w2, stream, peer).await,
+                            Service::Tcp(entry) => crate::proxy::tcp::serve(&w2, stream, peer, entry).await,
+                        }
+                        drop(guard);
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on a full queue.
+                    crate::error!("accept on {}: {e}", l.addr);
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a connection out however its task ends.
+struct ConnGuard(Rc<Worker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.conns.set(self.0.conns.get() - 1);
+        self.0.global_conns.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Listeners every worker needs for a configuration: the http ones and each tcp
+/// entry's own.
+pub fn services(live: &Live) -> Vec<(crate::config::Address, Service)> {
+    let c = &live.config;
+    let mut out: Vec<_> = c.global.listen.iter().map(|l| (l.addr.clone(), Service::Http)).collect();
+    for (i, e) in c.entries.iter().enumerate() {
+        if e.mode == Mode::Tcp {
+            out.extend(e.listen.iter().map(|l| (l.addr.clone(), Service::Tcp(i))));
+        }
+    }
+    out
+}

@@ -1,0 +1,8 @@
+//! Backends as the data plane sees them: live per-server state shared by every
+//! worker, the per-worker pool of idle connections, and availability rules.
+
+pub mod clock;
+pub mod pool;
+pub mod server;
+
+pub use server::ServerState;

@@ -1,0 +1,152 @@
+//! Live state of one server of one entry, shared by every worker: atomics only, so
+//! the hot path takes no lock (SPEC section 7).
+//!
+//! Availability (SPEC section 3, Monkey's semantics made safer): consecutive failed
+//! connects count; `AttemptsCount` of them take the server offline for
+//! `OfflineTimeOut`, during which it is skipped without a connect attempt; after that
+//! exactly one request probes it; a success resets everything. Time is an argument
+//! (`now_ms`), so the rules are tested without sleeping.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+
+use crate::config::{Availability, Server};
+
+#[derive(Debug)]
+pub struct ServerState {
+    pub spec: Server,
+    /// Requests in flight to this server (LeastConnections, MaxConnections, stats).
+    pub active: AtomicU32,
+    /// Consecutive failed connects.
+    pub failures: AtomicU32,
+    /// While `now < offline_until` the server is skipped; 0 = online.
+    pub offline_until: AtomicU64,
+    /// Set by the one request allowed to probe a server whose window expired.
+    pub probing: AtomicBool,
+    /// Taken down by active health checks (independent of passive failures).
+    pub health_down: AtomicBool,
+    /// Times the server went offline (statistics).
+    pub offline_transitions: AtomicU64,
+    /// Failed connects in total (statistics).
+    pub connect_failures: AtomicU64,
+    /// fproxy's LeastBytes / LeastTime inputs.
+    pub bytes: AtomicU64,
+    pub busy_ms: AtomicU64,
+}
+
+impl ServerState {
+    pub fn new(spec: Server) -> ServerState {
+        ServerState {
+            spec,
+            active: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            offline_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            health_down: AtomicBool::new(false),
+            offline_transitions: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            busy_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Is it worth trying this server now? Cheap, no side effect: balancers call it
+    /// while scanning. The probe slot is claimed by [`ServerState::try_acquire`].
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        if self.health_down.load(Relaxed) {
+            return false;
+        }
+        let until = self.offline_until.load(Relaxed);
+        until == 0 || (now_ms >= until && !self.probing.load(Relaxed))
+    }
+
+    /// Claim the server for a connect attempt. For a server whose offline window
+    /// has expired only one caller (process-wide) wins the probe.
+    pub fn try_acquire(&self, now_ms: u64) -> bool {
+        if self.health_down.load(Relaxed) {
+            return false;
+        }
+        let until = self.offline_until.load(Acquire);
+        if until == 0 {
+            return true;
+        }
+        now_ms >= until && self.probing.compare_exchange(false, true, AcqRel, Relaxed).is_ok()
+    }
+
+    pub fn connect_succeeded(&self) {
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+        }
+        if self.offline_until.load(Relaxed) != 0 {
+            self.offline_until.store(0, Release);
+            self.probing.store(false, Release);
+        }
+    }
+
+    pub fn connect_failed(&self, a: &Availability, now_ms: u64) {
+        self.connect_failures.fetch_add(1, Relaxed);
+        let n = self.failures.fetch_add(1, AcqRel) + 1;
+        if a.attempts > 0 && n >= a.attempts {
+            let was_online = self.offline_until.load(Relaxed) == 0;
+            self.offline_until
+                .store(now_ms + a.offline_timeout.as_millis() as u64, Release);
+            self.probing.store(false, Release);
+            if was_online {
+                self.offline_transitions.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn is_offline(&self, now_ms: u64) -> bool {
+        !self.is_available(now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Address, Span};
+    use std::time::Duration;
+
+    fn server() -> ServerState {
+        ServerState::new(Server {
+            text: "127.0.0.1:1".into(),
+            addr: Address::Inet("127.0.0.1:1".parse().unwrap()),
+            weight: 1,
+            span: Span::default(),
+        })
+    }
+
+    #[test]
+    fn offline_after_attempts_then_one_probe() {
+        let a = Availability { attempts: 2, offline_timeout: Duration::from_secs(2) };
+        let s = server();
+        s.connect_failed(&a, 1000);
+        assert!(s.is_available(1000));
+        s.connect_failed(&a, 1001);
+        assert!(!s.is_available(1002));
+        assert!(!s.try_acquire(2999));
+        // Window over: exactly one probe.
+        assert!(s.is_available(3001));
+        assert!(s.try_acquire(3001));
+        assert!(!s.try_acquire(3001));
+        assert!(!s.is_available(3001));
+        // The probe fails: offline again for the whole window.
+        s.connect_failed(&a, 3002);
+        assert!(!s.is_available(5000));
+        assert!(s.try_acquire(5002));
+        s.connect_succeeded();
+        assert!(s.is_available(5003));
+        assert_eq!(s.failures.load(Relaxed), 0);
+        assert_eq!(s.offline_transitions.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn attempts_zero_never_offline() {
+        let a = Availability { attempts: 0, offline_timeout: Duration::from_secs(2) };
+        let s = server();
+        for t in 0..10 {
+            s.connect_failed(&a, t);
+        }
+        assert!(s.is_available(10));
+    }
+}
