@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::runtime::{self, RunOptions};
 
 /// The shipped demo configuration; `{listen}` and `{b1..b3}` are filled in.
-const DEMO_CONF: &str = include_str!("../conf/examples/demo.conf");
+const DEMO_CONF: &str = include_str!("../conf/demo.conf.in");
 
 pub fn run(listen: &str) -> anyhow::Result<()> {
     let mut ports = Vec::new();
@@ -26,16 +26,20 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
         .replace("{b1}", &format!("127.0.0.1:{}", ports[0]))
         .replace("{b2}", &format!("127.0.0.1:{}", ports[1]))
         .replace("{b3}", &format!("127.0.0.1:{}", ports[2]));
-    let config = Config::parse(text.as_bytes(), std::path::Path::new("conf/examples/demo.conf"))
+    let config = Config::parse(text.as_bytes(), std::path::Path::new("conf/demo.conf.in"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = std::env::temp_dir().join(format!("simian-demo-{}.conf", std::process::id()));
     std::fs::write(&path, &text).context("cannot write the demo config")?;
-    println!("simian demo: proxy on http://{listen}/ in front of three backends on ports {ports:?}");
+    println!(
+        "simian demo: proxy on http://{listen}/ in front of three backends on ports {ports:?}"
+    );
     println!();
     println!("Try:");
     println!("  curl -i http://{listen}/            # the X-Backend header rotates: round robin");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{listen}/hello; done");
-    println!("  curl -i http://{listen}/simian-status-404   # no entry matches: simian answers 404");
+    println!(
+        "  curl -s --data-binary @/etc/hostname http://{listen}/upload   # bodies are forwarded"
+    );
     println!("  (config used: {}; Ctrl-C stops)", path.display());
     println!();
     let r = runtime::run(config, &path, &RunOptions::default());

@@ -27,7 +27,11 @@ pub fn set_level(name: &str) -> Result<(), String> {
         "warn" | "warning" => Level::Warn,
         "info" => Level::Info,
         "debug" => Level::Debug,
-        _ => return Err(format!("unknown log level `{name}` (error, warn, info, debug)")),
+        _ => {
+            return Err(format!(
+                "unknown log level `{name}` (error, warn, info, debug)"
+            ))
+        }
     };
     LEVEL.store(l as u8, Relaxed);
     Ok(())
@@ -36,7 +40,12 @@ pub fn set_level(name: &str) -> Result<(), String> {
 /// Send the log to a file instead of stderr (reopened on SIGHUP).
 pub fn set_file(path: Option<&std::path::Path>) -> std::io::Result<()> {
     let f = match path {
-        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
         None => None,
     };
     *FILE.lock() = f;

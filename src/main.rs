@@ -20,20 +20,33 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Some(Command::Explain { client, cookie, url }) => {
+        Some(Command::Explain {
+            client,
+            cookie,
+            url,
+        }) => {
             let config = load(&cli)?;
-            let Some(config) = config else { return Ok(ExitCode::from(1)) };
-            print!("{}", cli::explain::explain(&config, url, *client, cookie.as_deref()));
+            let Some(config) = config else {
+                return Ok(ExitCode::from(1));
+            };
+            print!(
+                "{}",
+                cli::explain::explain(&config, url, *client, cookie.as_deref())
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Demo { listen }) => simian::demo::run(listen).map(|_| ExitCode::SUCCESS),
         None if cli.check => {
-            let Some(config) = load(&cli)? else { return Ok(ExitCode::from(1)) };
+            let Some(config) = load(&cli)? else {
+                return Ok(ExitCode::from(1));
+            };
             print!("{}", cli::check::route_table(&config));
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let Some(config) = load(&cli)? else { return Ok(ExitCode::from(1)) };
+            let Some(config) = load(&cli)? else {
+                return Ok(ExitCode::from(1));
+            };
             simian::log::set_level(&cli.log_level).map_err(anyhow::Error::msg)?;
             let opts = simian::runtime::RunOptions {
                 threads: cli.threads,

@@ -59,17 +59,28 @@ impl Router {
             }
         };
         let (entry_of, text) = patterns.into_iter().unzip();
-        Ok(Router { set, entry_of, text })
+        Ok(Router {
+            set,
+            entry_of,
+            text,
+        })
     }
 
     pub fn empty() -> Router {
-        Router { set: RegexSet::empty(), entry_of: Vec::new(), text: Vec::new() }
+        Router {
+            set: RegexSet::empty(),
+            entry_of: Vec::new(),
+            text: Vec::new(),
+        }
     }
 
     /// The first matching pattern for a normalised path, or `None` (404).
     pub fn route(&self, path: &[u8]) -> Option<RouteMatch> {
         let first = self.set.matches(path).into_iter().next()?;
-        Some(RouteMatch { entry: self.entry_of[first], pattern: first })
+        Some(RouteMatch {
+            entry: self.entry_of[first],
+            pattern: first,
+        })
     }
 
     /// Every pattern that matches, in order (for `explain` and shadowing checks).
@@ -77,7 +88,10 @@ impl Router {
         self.set
             .matches(path)
             .into_iter()
-            .map(|i| RouteMatch { entry: self.entry_of[i], pattern: i })
+            .map(|i| RouteMatch {
+                entry: self.entry_of[i],
+                pattern: i,
+            })
             .collect()
     }
 
@@ -114,10 +128,34 @@ mod tests {
     #[test]
     fn first_entry_then_first_pattern_wins() {
         let r = router(&[(0, r"\.php$"), (1, "^/static/"), (1, r"\.jpg$"), (2, "/")]);
-        assert_eq!(r.route(b"/index.php"), Some(RouteMatch { entry: 0, pattern: 0 }));
-        assert_eq!(r.route(b"/static/a.jpg"), Some(RouteMatch { entry: 1, pattern: 1 }));
-        assert_eq!(r.route(b"/x/a.JPG"), Some(RouteMatch { entry: 1, pattern: 2 }));
-        assert_eq!(r.route(b"/other"), Some(RouteMatch { entry: 2, pattern: 3 }));
+        assert_eq!(
+            r.route(b"/index.php"),
+            Some(RouteMatch {
+                entry: 0,
+                pattern: 0
+            })
+        );
+        assert_eq!(
+            r.route(b"/static/a.jpg"),
+            Some(RouteMatch {
+                entry: 1,
+                pattern: 1
+            })
+        );
+        assert_eq!(
+            r.route(b"/x/a.JPG"),
+            Some(RouteMatch {
+                entry: 1,
+                pattern: 2
+            })
+        );
+        assert_eq!(
+            r.route(b"/other"),
+            Some(RouteMatch {
+                entry: 2,
+                pattern: 3
+            })
+        );
         assert_eq!(router(&[(0, "^/a$")]).route(b"/b"), None);
     }
 

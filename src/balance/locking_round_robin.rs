@@ -38,14 +38,20 @@ mod tests {
     #[test]
     fn exactly_even() {
         let servers = servers(4);
-        assert_eq!(counts(&LockingRoundRobin::default(), &servers, 4000), [1000; 4]);
+        assert_eq!(
+            counts(&LockingRoundRobin::default(), &servers, 4000),
+            [1000; 4]
+        );
     }
 
     #[test]
     fn stays_even_among_usable() {
         let servers = servers(3);
         offline(&servers[1]);
-        assert_eq!(counts(&LockingRoundRobin::default(), &servers, 300), [150, 0, 150]);
+        assert_eq!(
+            counts(&LockingRoundRobin::default(), &servers, 300),
+            [150, 0, 150]
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub struct Tried {
 
 impl Tried {
     pub fn new(n: usize) -> Tried {
-        Tried { words: vec![0; n.div_ceil(64).max(1)] }
+        Tried {
+            words: vec![0; n.div_ceil(64).max(1)],
+        }
     }
     pub fn insert(&mut self, i: usize) {
         if let Some(w) = self.words.get_mut(i / 64) {
@@ -57,7 +59,9 @@ impl Tried {
         }
     }
     pub fn contains(&self, i: usize) -> bool {
-        self.words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.words
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     pub fn clear(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
@@ -82,7 +86,9 @@ impl PickContext<'_> {
         let s = &self.servers[i];
         !self.tried.contains(i)
             && s.is_available(self.now_ms)
-            && self.max_connections.is_none_or(|m| s.active.load(Relaxed) < m)
+            && self
+                .max_connections
+                .is_none_or(|m| s.active.load(Relaxed) < m)
     }
 
     /// The first usable server scanning from `start`, wrapping around.
@@ -146,7 +152,10 @@ pub fn mix(key: u64, salt: u64) -> u64 {
 /// The salt of each server for [`rendezvous_with`]: a hash of its address as
 /// written, so the mapping survives reordering the list and inserting servers.
 pub fn salts(servers: &[Server]) -> Vec<u64> {
-    servers.iter().map(|s| stable_hash(s.text.as_bytes())).collect()
+    servers
+        .iter()
+        .map(|s| stable_hash(s.text.as_bytes()))
+        .collect()
 }
 
 /// Rendezvous (highest random weight) hashing over the usable servers, salted by
@@ -213,15 +222,27 @@ pub(crate) mod testutil {
 
     pub fn spec(i: usize, weight: u32) -> Server {
         let text = format!("10.0.{}.{}:8080", i / 256, i % 256);
-        Server { addr: Address::Inet(text.parse().unwrap()), text, weight, span: Span::default() }
+        Server {
+            addr: Address::Inet(text.parse().unwrap()),
+            text,
+            weight,
+            span: Span::default(),
+        }
     }
 
     pub fn specs(weights: &[u32]) -> Vec<Server> {
-        weights.iter().enumerate().map(|(i, &w)| spec(i, w)).collect()
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| spec(i, w))
+            .collect()
     }
 
     pub fn states(specs: &[Server]) -> Vec<Arc<ServerState>> {
-        specs.iter().map(|s| Arc::new(ServerState::new(s.clone()))).collect()
+        specs
+            .iter()
+            .map(|s| Arc::new(ServerState::new(s.clone())))
+            .collect()
     }
 
     /// `n` servers of weight 1.
@@ -231,7 +252,10 @@ pub(crate) mod testutil {
 
     /// Take a server offline by passive failure (AttemptsCount 1) at [`NOW`].
     pub fn offline(s: &ServerState) {
-        let a = Availability { attempts: 1, offline_timeout: Duration::from_secs(60) };
+        let a = Availability {
+            attempts: 1,
+            offline_timeout: Duration::from_secs(60),
+        };
         s.connect_failed(&a, NOW);
     }
 
@@ -317,17 +341,34 @@ mod tests {
         let tried = Tried::new(4);
         let salts = salts(&servers.iter().map(|s| s.spec.clone()).collect::<Vec<_>>());
         let before: Vec<_> = (0..1000u64)
-            .map(|k| (rendezvous(k, &cx(&servers, &tried)), rendezvous_with(k, &salts, &cx(&servers, &tried))))
+            .map(|k| {
+                (
+                    rendezvous(k, &cx(&servers, &tried)),
+                    rendezvous_with(k, &salts, &cx(&servers, &tried)),
+                )
+            })
             .collect();
         let mut counts = [0; 4];
         before.iter().for_each(|(a, _)| counts[a.unwrap()] += 1);
-        assert!(counts.iter().all(|&c| (200..=300).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (200..=300).contains(&c)),
+            "{counts:?}"
+        );
         offline(&servers[1]);
         for (k, (a, b)) in before.iter().enumerate() {
             let c = cx(&servers, &tried);
-            let (a2, b2) = (rendezvous(k as u64, &c), rendezvous_with(k as u64, &salts, &c));
-            assert!(a2 == *a || *a == Some(1), "key {k} moved from {a:?} to {a2:?}");
-            assert!(b2 == *b || *b == Some(1), "key {k} moved from {b:?} to {b2:?}");
+            let (a2, b2) = (
+                rendezvous(k as u64, &c),
+                rendezvous_with(k as u64, &salts, &c),
+            );
+            assert!(
+                a2 == *a || *a == Some(1),
+                "key {k} moved from {a:?} to {a2:?}"
+            );
+            assert!(
+                b2 == *b || *b == Some(1),
+                "key {k} moved from {b:?} to {b2:?}"
+            );
             assert_ne!(a2, Some(1));
             assert_ne!(b2, Some(1));
         }

@@ -18,7 +18,11 @@ pub fn route_table(c: &Config) -> String {
     let _ = writeln!(
         o,
         "http listeners: {}",
-        if listen.is_empty() { "none".to_string() } else { listen.join(", ") }
+        if listen.is_empty() {
+            "none".to_string()
+        } else {
+            listen.join(", ")
+        }
     );
     let threads = g.threads.map_or("auto".to_string(), |n| n.to_string());
     let _ = writeln!(
@@ -27,14 +31,16 @@ pub fn route_table(c: &Config) -> String {
         c.threads(),
         d(g.head_timeout),
         d(g.shutdown_timeout),
-        g.global_max_connections.map_or("unlimited".into(), |n| n.to_string())
+        g.global_max_connections
+            .map_or("unlimited".into(), |n| n.to_string())
     );
     if let Some(url) = &g.statistics_url {
         let allow: Vec<String> = g.statistics_allow.iter().map(|c| c.to_string()).collect();
         let _ = writeln!(o, "statistics: {url} (allowed: {})", allow.join(" "));
     }
     let log = |p: &Option<std::path::PathBuf>, none: &str| {
-        p.as_ref().map_or(none.to_string(), |p| p.display().to_string())
+        p.as_ref()
+            .map_or(none.to_string(), |p| p.display().to_string())
     };
     let _ = writeln!(
         o,
@@ -48,7 +54,13 @@ pub fn route_table(c: &Config) -> String {
             Mode::Http => "http",
             Mode::Tcp => "tcp",
         };
-        let _ = writeln!(o, "entry {} `{}` ({mode}, line {})", i + 1, e.name, e.span.line);
+        let _ = writeln!(
+            o,
+            "entry {} `{}` ({mode}, line {})",
+            i + 1,
+            e.name,
+            e.span.line
+        );
         if e.mode == Mode::Tcp {
             let l: Vec<String> = e.listen.iter().map(|l| l.addr.to_string()).collect();
             let _ = writeln!(o, "  listen:       {}", l.join(", "));
@@ -60,14 +72,22 @@ pub fn route_table(c: &Config) -> String {
         let _ = writeln!(o, "  servers:");
         for s in &e.servers {
             let resolved = s.addr.to_string();
-            let via = if resolved == s.text { String::new() } else { format!(" -> {resolved}") };
+            let via = if resolved == s.text {
+                String::new()
+            } else {
+                format!(" -> {resolved}")
+            };
             let _ = writeln!(o, "    {}{via}  weight={}", s.text, s.weight);
         }
         let a = &e.availability;
         let avail = if a.attempts == 0 {
             "off (AttemptsCount 0)".to_string()
         } else {
-            format!("offline after {} failed connects, for {}", a.attempts, d(a.offline_timeout))
+            format!(
+                "offline after {} failed connects, for {}",
+                a.attempts,
+                d(a.offline_timeout)
+            )
         };
         let _ = writeln!(o, "  availability: {avail}");
         let h = &e.health;
@@ -98,7 +118,8 @@ pub fn route_table(c: &Config) -> String {
         let _ = writeln!(
             o,
             "  limits:       max connections per server {}; splice {:?}",
-            e.max_connections.map_or("unlimited".into(), |n| n.to_string()),
+            e.max_connections
+                .map_or("unlimited".into(), |n| n.to_string()),
             e.splice
         );
         if let Some(s) = &e.sticky {

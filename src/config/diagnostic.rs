@@ -37,7 +37,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        writeln!(f, "{}:{}:{}: {kind}: {}", self.file, self.line, self.col, self.message)?;
+        writeln!(
+            f,
+            "{}:{}:{}: {kind}: {}",
+            self.file, self.line, self.col, self.message
+        )?;
         if !self.line_text.is_empty() {
             // Long lines (a 10 MB line in a broken file) are cut around the column.
             let chars: Vec<char> = self.line_text.chars().collect();
@@ -53,7 +57,12 @@ impl fmt::Display for Diagnostic {
             let prefix = if start > 0 { "..." } else { "" };
             writeln!(f, "{pad} |")?;
             writeln!(f, "{gutter} | {prefix}{shown}")?;
-            writeln!(f, "{pad} | {}{}^", " ".repeat(prefix.len()), " ".repeat(col0 - start))?;
+            writeln!(
+                f,
+                "{pad} | {}{}^",
+                " ".repeat(prefix.len()),
+                " ".repeat(col0 - start)
+            )?;
         }
         if let Some(help) = &self.help {
             writeln!(f, "  = help: {help}")?;
@@ -72,7 +81,11 @@ impl fmt::Display for ConfigErrors {
             write!(f, "{d}")?;
         }
         let n = self.0.len();
-        write!(f, "{n} error{} in configuration", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{n} error{} in configuration",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 

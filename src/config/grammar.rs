@@ -11,7 +11,7 @@ pub fn describe(rule: &Rule) -> String {
         Rule::duration => "a duration (500ms, 30s, 5m, or bare seconds)",
         Rule::count => "a whole number",
         Rule::number => "a whole number",
-        Rule::unix_addr | Rule::ipv6_addr | Rule::host_port => {
+        Rule::unix_addr | Rule::ipv6_addr | Rule::host_port | Rule::host | Rule::ipv6_host => {
             "an address (1.2.3.4:80, [::1]:80, host:80 or unix:/path)"
         }
         Rule::weight => "an address or weight=N",

@@ -27,15 +27,32 @@ pub fn glob_help(pattern: &str) -> Option<String> {
 
 /// Paths that any "match everything" pattern accepts; a pattern matching all of them
 /// is treated as a catch-all when looking for shadowed entries.
-const PROBES: [&[u8]; 6] = [b"/", b"/index.html", b"/a/b/c.php", b"/static/x.jpg", b"/Z9", b""];
+const PROBES: [&[u8]; 6] = [
+    b"/",
+    b"/index.html",
+    b"/a/b/c.php",
+    b"/static/x.jpg",
+    b"/Z9",
+    b"",
+];
 
-pub fn warnings(raw: &RawFile, config: &Config, patterns: &[(usize, String, Span)]) -> Vec<Diagnostic> {
+pub fn warnings(
+    raw: &RawFile,
+    config: &Config,
+    patterns: &[(usize, String, Span)],
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let warn = |span: Span, msg: String, help: Option<String>| raw.diag(Severity::Warning, span, msg, help);
+    let warn = |span: Span, msg: String, help: Option<String>| {
+        raw.diag(Severity::Warning, span, msg, help)
+    };
 
     for (_, p, span) in patterns {
         if let Some(help) = glob_help(p) {
-            out.push(warn(*span, format!("`Match {p}` looks like a glob"), Some(help)));
+            out.push(warn(
+                *span,
+                format!("`Match {p}` looks like a glob"),
+                Some(help),
+            ));
         }
     }
 

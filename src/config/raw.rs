@@ -28,8 +28,14 @@ pub struct Spanned<T> {
 pub enum AddrText {
     Unix(String),
     /// `[v6]:port`: host without brackets.
-    Ipv6 { host: String, port: String },
-    HostPort { host: String, port: String },
+    Ipv6 {
+        host: String,
+        port: String,
+    },
+    HostPort {
+        host: String,
+        port: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +46,11 @@ pub enum ServerToken {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    Listen { text: String, addr: AddrText, tls: bool },
+    Listen {
+        text: String,
+        addr: AddrText,
+        tls: bool,
+    },
     Path(String),
     Patterns(Vec<Spanned<String>>),
     Name(String),
@@ -50,7 +60,10 @@ pub enum Value {
     Count(String),
     Duration(String),
     HealthCheck(HealthCheck),
-    Sticky { cookie: String, kind: StickyKind },
+    Sticky {
+        cookie: String,
+        kind: StickyKind,
+    },
     Mode(Mode),
     Splice(SpliceMode),
     Off,
@@ -159,7 +172,10 @@ pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
         if line.len() > MAX_LINE {
             let e = raw.diag(
                 Severity::Error,
-                Span { line: lineno, col: MAX_LINE + 1 },
+                Span {
+                    line: lineno,
+                    col: MAX_LINE + 1,
+                },
                 format!("line is longer than {MAX_LINE} bytes"),
                 None,
             );
@@ -192,12 +208,16 @@ pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
                 }
             }
             Ok(mut pairs) => {
-                let Some(line_pair) = pairs.next() else { continue };
+                let Some(line_pair) = pairs.next() else {
+                    continue;
+                };
                 for item in line_pair.into_inner() {
                     match item.as_rule() {
                         Rule::section => {
                             let span = span_of(&item, lineno);
-                            let Some(kind) = item.into_inner().next() else { continue };
+                            let Some(kind) = item.into_inner().next() else {
+                                continue;
+                            };
                             let kind = match kind.as_rule() {
                                 Rule::defaults_section => SectionKind::Defaults,
                                 Rule::entry_section => SectionKind::Entry,
@@ -285,8 +305,12 @@ fn pest_error(raw: &RawFile, lineno: usize, line: &str, e: pest::error::Error<Ru
         .unwrap_or_else(|| "end of line".into());
     let message = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
-            let mut names: Vec<String> = positives.iter().map(describe).collect();
-            names.dedup();
+            let mut names: Vec<String> = Vec::new();
+            for n in positives.iter().map(describe) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
             format!("expected {}, found {found}", names.join(" or "))
         }
         _ => format!("unexpected {found}"),
@@ -312,7 +336,9 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
     let mut values = pair.into_inner().peekable();
     let value_span = values.peek().map_or(span, |p| span_of(p, line));
     let first = values.next();
-    let first_str = first.as_ref().map_or(String::new(), |p| p.as_str().to_string());
+    let first_str = first
+        .as_ref()
+        .map_or(String::new(), |p| p.as_str().to_string());
     let key = match rule {
         Rule::unknown_directive => {
             let word = text.split_whitespace().next().unwrap_or("").to_string();
@@ -358,7 +384,11 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Key::Listen => {
             let addr = addr_text(&first);
             let tls = values.next().is_some();
-            Value::Listen { text: first_str, addr, tls }
+            Value::Listen {
+                text: first_str,
+                addr,
+                tls,
+            }
         }
         Key::TlsCertificate | Key::TlsKey | Key::ErrorLog => Value::Path(first_str),
         Key::AccessLog | Key::Threads if first.as_rule() == Rule::off => Value::Off,
@@ -367,7 +397,10 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Key::Match => Value::Patterns(
             std::iter::once(first)
                 .chain(values)
-                .map(|p| Spanned { span: span_of(&p, line), value: p.as_str().to_string() })
+                .map(|p| Spanned {
+                    span: span_of(&p, line),
+                    value: p.as_str().to_string(),
+                })
                 .collect(),
         ),
         Key::Name => Value::Name(first_str),
@@ -377,10 +410,16 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
                 .map(|p| {
                     let span = span_of(&p, line);
                     let value = if p.as_rule() == Rule::weight {
-                        let n = p.into_inner().next().map_or(String::new(), |n| n.as_str().into());
+                        let n = p
+                            .into_inner()
+                            .next()
+                            .map_or(String::new(), |n| n.as_str().into());
                         ServerToken::Weight(n)
                     } else {
-                        ServerToken::Addr { text: p.as_str().to_string(), addr: addr_text(&p) }
+                        ServerToken::Addr {
+                            text: p.as_str().to_string(),
+                            addr: addr_text(&p),
+                        }
                     };
                     Spanned { value, span }
                 })
@@ -435,7 +474,10 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
                 Some(Rule::sticky_hash) => StickyKind::Hash,
                 _ => StickyKind::Table,
             };
-            Value::Sticky { cookie: first_str, kind }
+            Value::Sticky {
+                cookie: first_str,
+                kind,
+            }
         }
         Key::Mode => Value::Mode(match first.into_inner().next().map(|p| p.as_rule()) {
             Some(Rule::mode_tcp) => Mode::Tcp,
@@ -450,17 +492,29 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Key::StatisticsAllow => Value::Cidrs(
             std::iter::once(first)
                 .chain(values)
-                .map(|p| Spanned { span: span_of(&p, line), value: p.as_str().to_string() })
+                .map(|p| Spanned {
+                    span: span_of(&p, line),
+                    value: p.as_str().to_string(),
+                })
                 .collect(),
         ),
     };
-    Ok(Directive { key, span, value_span, value })
+    Ok(Directive {
+        key,
+        span,
+        value_span,
+        value,
+    })
 }
 
 fn addr_text(pair: &Pair<Rule>) -> AddrText {
     let mut inner = pair.clone().into_inner();
-    let a = inner.next().map_or(String::new(), |p| p.as_str().to_string());
-    let b = inner.next().map_or(String::new(), |p| p.as_str().to_string());
+    let a = inner
+        .next()
+        .map_or(String::new(), |p| p.as_str().to_string());
+    let b = inner
+        .next()
+        .map_or(String::new(), |p| p.as_str().to_string());
     match pair.as_rule() {
         Rule::unix_addr => AddrText::Unix(a),
         Rule::ipv6_addr => AddrText::Ipv6 { host: a, port: b },

@@ -62,7 +62,10 @@ impl<'r> Resolver<'r> {
                 };
                 self.error(
                     d.span,
-                    format!("`{}` is not allowed in {here}: it belongs in {there}", d.key.name()),
+                    format!(
+                        "`{}` is not allowed in {here}: it belongs in {there}",
+                        d.key.name()
+                    ),
                     None,
                 );
                 continue;
@@ -87,7 +90,9 @@ impl<'r> Resolver<'r> {
 
     fn count(&mut self, d: Option<&Directive>, min: u64, max: u64) -> Option<u64> {
         let d = d?;
-        let Value::Count(text) = &d.value else { return None };
+        let Value::Count(text) = &d.value else {
+            return None;
+        };
         match values::count(text, min, max) {
             Ok(n) => Some(n),
             Err(m) => {
@@ -99,8 +104,14 @@ impl<'r> Resolver<'r> {
 
     fn duration(&mut self, d: Option<&Directive>, nonzero: bool) -> Option<Duration> {
         let d = d?;
-        let Value::Duration(text) = &d.value else { return None };
-        let r = if nonzero { values::nonzero_duration(text) } else { values::duration(text) };
+        let Value::Duration(text) = &d.value else {
+            return None;
+        };
+        let r = if nonzero {
+            values::nonzero_duration(text)
+        } else {
+            values::duration(text)
+        };
         match r {
             Ok(v) => Some(v),
             Err(m) => {
@@ -115,7 +126,11 @@ impl<'r> Resolver<'r> {
         for d in ds {
             if let Value::Listen { addr, tls, text } = &d.value {
                 match values::address(addr, true) {
-                    Ok(a) => out.push(Listener { addr: a, tls: *tls, span: d.value_span }),
+                    Ok(a) => out.push(Listener {
+                        addr: a,
+                        tls: *tls,
+                        span: d.value_span,
+                    }),
                     Err(m) => self.error(d.value_span, format!("Listen `{text}`: {m}"), None),
                 }
             }
@@ -126,7 +141,9 @@ impl<'r> Resolver<'r> {
     fn servers(&mut self, ds: &[&Directive]) -> Vec<Server> {
         let mut out: Vec<Server> = Vec::new();
         for d in ds {
-            let Value::Servers(tokens) = &d.value else { continue };
+            let Value::Servers(tokens) = &d.value else {
+                continue;
+            };
             // Index into `out` of the address the next weight= applies to.
             let mut last: Option<usize> = None;
             let mut last_weighted = false;
@@ -146,7 +163,12 @@ impl<'r> Resolver<'r> {
                             out[i].weight += 1;
                             last = Some(i);
                         } else {
-                            out.push(Server { text: text.clone(), addr, weight: 1, span: t.span });
+                            out.push(Server {
+                                text: text.clone(),
+                                addr,
+                                weight: 1,
+                                span: t.span,
+                            });
                             last = Some(out.len() - 1);
                         }
                         last_weighted = false;
@@ -176,7 +198,10 @@ impl<'r> Resolver<'r> {
 
 /// Validate a parsed file into a configuration.
 pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
-    let mut r = Resolver { raw: &raw, errors: Vec::new() };
+    let mut r = Resolver {
+        raw: &raw,
+        errors: Vec::new(),
+    };
     let mut errors_before = std::mem::take(&mut r.errors);
     errors_before.extend(raw.errors.iter().cloned());
 
@@ -185,9 +210,11 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     let mut entry_sections = Vec::new();
     for s in &raw.sections {
         match s.kind {
-            SectionKind::Defaults if defaults.is_some() => {
-                r.error(s.span, "a second [PROXY_DEFAULTS]: there can be only one", None)
-            }
+            SectionKind::Defaults if defaults.is_some() => r.error(
+                s.span,
+                "a second [PROXY_DEFAULTS]: there can be only one",
+                None,
+            ),
             SectionKind::Defaults if !entry_sections.is_empty() => r.error(
                 s.span,
                 "[PROXY_DEFAULTS] must come before the first [PROXY_ENTRY]",
@@ -238,8 +265,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     if let Some(d) = r.duration(dk.one(Key::ShutdownTimeout), false) {
         global.shutdown_timeout = d;
     }
-    global.global_max_connections =
-        r.count(dk.one(Key::GlobalMaxConnections), 1, u32::MAX as u64).map(|n| n as u32);
+    global.global_max_connections = r
+        .count(dk.one(Key::GlobalMaxConnections), 1, u32::MAX as u64)
+        .map(|n| n as u32);
     global.threads = r.count(dk.one(Key::Threads), 1, 1024).map(|n| n as u32);
     let allow = dk.all(Key::StatisticsAllow);
     if allow.is_empty() {
@@ -277,7 +305,11 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         if let Some(prev) = entries.iter().find(|e| e.name == name) {
             let at = ek.one(Key::Name).map_or(s.span, |d| d.value_span);
             let line = prev.span.line;
-            r.error(at, format!("entry name `{name}` is already used by the entry on line {line}"), None);
+            r.error(
+                at,
+                format!("entry name `{name}` is already used by the entry on line {line}"),
+                None,
+            );
         }
 
         let server_ds = if ek.all(Key::ServerList).is_empty() {
@@ -298,11 +330,15 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             Some(d) => match &d.value {
                 Value::Balancer(Ok(b)) => *b,
                 Value::Balancer(Err(text)) => {
-                    let help = super::suggest::nearest(text, Balancer::ALL.iter().map(|b| b.name()));
+                    let help =
+                        super::suggest::nearest(text, Balancer::ALL.iter().map(|b| b.name()));
                     let all: Vec<&str> = Balancer::ALL.iter().map(|b| b.name()).collect();
                     r.error(
                         d.value_span,
-                        format!("unknown balancer `{text}`: expected one of {}", all.join(", ")),
+                        format!(
+                            "unknown balancer `{text}`: expected one of {}",
+                            all.join(", ")
+                        ),
                         help,
                     );
                     Balancer::RoundRobin
@@ -315,7 +351,11 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         let mut entry_patterns = Vec::new();
         for d in ek.all(Key::Match) {
             if mode == Mode::Tcp {
-                r.error(d.span, "a `Mode tcp` entry has no `Match`: it takes every connection on its Listen", None);
+                r.error(
+                    d.span,
+                    "a `Mode tcp` entry has no `Match`: it takes every connection on its Listen",
+                    None,
+                );
                 continue;
             }
             if let Value::Patterns(ps) = &d.value {
@@ -326,7 +366,11 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             }
         }
         if mode == Mode::Http && ek.all(Key::Match).is_empty() && !s.had_errors {
-            r.error(s.span, format!("http entry `{name}` has no `Match` line"), None);
+            r.error(
+                s.span,
+                format!("http entry `{name}` has no `Match` line"),
+                None,
+            );
         }
 
         let listen = r.listeners(ek.all(Key::Listen));
@@ -342,14 +386,22 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             }
             Mode::Tcp => {
                 if ek.all(Key::Listen).is_empty() && !s.had_errors {
-                    r.error(s.span, format!("tcp entry `{name}` needs its own `Listen`"), None);
+                    r.error(
+                        s.span,
+                        format!("tcp entry `{name}` needs its own `Listen`"),
+                        None,
+                    );
                 }
                 for l in listen.iter().filter(|l| l.tls) {
                     r.error(l.span, "`tls` is only for http listeners", None);
                 }
                 for k in [Key::StickyCookie, Key::StickyTimeout] {
                     if let Some(d) = ek.one(k) {
-                        r.error(d.span, format!("`{}` is for http entries only", k.name()), None);
+                        r.error(
+                            d.span,
+                            format!("`{}` is for http entries only", k.name()),
+                            None,
+                        );
                     }
                 }
             }
@@ -361,15 +413,23 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         }
 
         let availability = Availability {
-            attempts: r.count(pick(Key::AttemptsCount), 0, 1_000_000).map_or(3, |n| n as u32),
+            attempts: r
+                .count(pick(Key::AttemptsCount), 0, 1_000_000)
+                .map_or(3, |n| n as u32),
             offline_timeout: r
                 .duration(pick(Key::OfflineTimeOut), false)
                 .unwrap_or(Duration::from_secs(30)),
         };
         let timeouts = Timeouts {
-            connect: r.duration(pick(Key::ConnectTimeout), true).unwrap_or(Duration::from_secs(3)),
-            backend: r.duration(pick(Key::BackendTimeout), true).unwrap_or(Duration::from_secs(30)),
-            idle: r.duration(pick(Key::IdleTimeout), true).unwrap_or(Duration::from_secs(60)),
+            connect: r
+                .duration(pick(Key::ConnectTimeout), true)
+                .unwrap_or(Duration::from_secs(3)),
+            backend: r
+                .duration(pick(Key::BackendTimeout), true)
+                .unwrap_or(Duration::from_secs(30)),
+            idle: r
+                .duration(pick(Key::IdleTimeout), true)
+                .unwrap_or(Duration::from_secs(60)),
         };
         let health = HealthSettings {
             check: match pick(Key::HealthCheck).map(|d| &d.value) {
@@ -379,13 +439,16 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             interval: r
                 .duration(pick(Key::HealthCheckInterval), true)
                 .unwrap_or(Duration::from_secs(5)),
-            healthy_threshold: r.count(pick(Key::HealthyThreshold), 1, 1000).map_or(2, |n| n as u32),
+            healthy_threshold: r
+                .count(pick(Key::HealthyThreshold), 1, 1000)
+                .map_or(2, |n| n as u32),
             unhealthy_threshold: r
                 .count(pick(Key::UnhealthyThreshold), 1, 1000)
                 .map_or(3, |n| n as u32),
         };
-        let max_connections =
-            r.count(pick(Key::MaxConnections), 1, u32::MAX as u64).map(|n| n as u32);
+        let max_connections = r
+            .count(pick(Key::MaxConnections), 1, u32::MAX as u64)
+            .map(|n| n as u32);
         let sticky = match ek.one(Key::StickyCookie).map(|d| &d.value) {
             Some(Value::Sticky { cookie, kind }) if mode == Mode::Http => Some(Sticky {
                 cookie: cookie.clone(),
@@ -420,7 +483,8 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     }
 
     // The defaults' Listen is opened only when something serves http on it.
-    let needs_http = entries.iter().any(|e| e.mode == Mode::Http) || global.statistics_url.is_some();
+    let needs_http =
+        entries.iter().any(|e| e.mode == Mode::Http) || global.statistics_url.is_some();
     if needs_http {
         global.listen = if default_listen.is_empty() && dk.all(Key::Listen).is_empty() {
             vec![Listener {
@@ -432,15 +496,28 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             default_listen
         };
     }
-    if global.listen.iter().any(|l| l.tls) && (global.tls_certificate.is_none() || global.tls_key.is_none()) {
-        let span = global.listen.iter().find(|l| l.tls).map_or(Span::default(), |l| l.span);
-        r.error(span, "a `tls` listener needs `TLSCertificate` and `TLSKey` in [PROXY_DEFAULTS]", None);
+    if global.listen.iter().any(|l| l.tls)
+        && (global.tls_certificate.is_none() || global.tls_key.is_none())
+    {
+        let span = global
+            .listen
+            .iter()
+            .find(|l| l.tls)
+            .map_or(Span::default(), |l| l.span);
+        r.error(
+            span,
+            "a `tls` listener needs `TLSCertificate` and `TLSKey` in [PROXY_DEFAULTS]",
+            None,
+        );
     }
 
     // No address is listened on twice.
     let mut seen: HashMap<&Address, Span> = HashMap::new();
-    let all_listeners: Vec<&Listener> =
-        global.listen.iter().chain(entries.iter().flat_map(|e| e.listen.iter())).collect();
+    let all_listeners: Vec<&Listener> = global
+        .listen
+        .iter()
+        .chain(entries.iter().flat_map(|e| e.listen.iter()))
+        .collect();
     for l in all_listeners {
         if let Some(first) = seen.get(&l.addr) {
             let line = first.line;
@@ -464,7 +541,11 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                 }
             }
             if r.errors.is_empty() {
-                r.error(patterns.get(i).map_or(Span::default(), |p| p.2), format!("{e}"), None);
+                r.error(
+                    patterns.get(i).map_or(Span::default(), |p| p.2),
+                    format!("{e}"),
+                    None,
+                );
             }
             Router::empty()
         }
@@ -477,7 +558,13 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         all.dedup();
         return Err(ConfigErrors(all));
     }
-    let mut config = Config { source, global, entries, router, warnings: Vec::new() };
+    let mut config = Config {
+        source,
+        global,
+        entries,
+        router,
+        warnings: Vec::new(),
+    };
     config.warnings = lint::warnings(&raw, &config, &patterns);
     Ok(config)
 }

@@ -26,8 +26,14 @@ mod tests {
     #[test]
     fn suggests_close_keys_only() {
         let keys = ["ServerList", "LoadBalancer", "Match"];
-        assert_eq!(nearest("Serverlst", keys).as_deref(), Some("did you mean `ServerList`?"));
-        assert_eq!(nearest("load_balancr", keys).as_deref(), Some("did you mean `LoadBalancer`?"));
+        assert_eq!(
+            nearest("Serverlst", keys).as_deref(),
+            Some("did you mean `ServerList`?")
+        );
+        assert_eq!(
+            nearest("load_balancr", keys).as_deref(),
+            Some("did you mean `LoadBalancer`?")
+        );
         assert_eq!(nearest("Frobnicate", keys), None);
     }
 }

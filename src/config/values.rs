@@ -131,7 +131,10 @@ mod tests {
 
     #[test]
     fn addresses() {
-        let hp = |h: &str, p: &str| AddrText::HostPort { host: h.into(), port: p.into() };
+        let hp = |h: &str, p: &str| AddrText::HostPort {
+            host: h.into(),
+            port: p.into(),
+        };
         assert_eq!(
             address(&hp("127.0.0.1", "80"), false),
             Ok(Address::Inet("127.0.0.1:80".parse().unwrap()))
@@ -143,9 +146,18 @@ mod tests {
             address(&hp("*", "80"), true),
             Ok(Address::Inet("0.0.0.0:80".parse().unwrap()))
         );
-        let v6 = AddrText::Ipv6 { host: "::1".into(), port: "8080".into() };
-        assert_eq!(address(&v6, false), Ok(Address::Inet("[::1]:8080".parse().unwrap())));
-        let bad6 = AddrText::Ipv6 { host: "::g".into(), port: "1".into() };
+        let v6 = AddrText::Ipv6 {
+            host: "::1".into(),
+            port: "8080".into(),
+        };
+        assert_eq!(
+            address(&v6, false),
+            Ok(Address::Inet("[::1]:8080".parse().unwrap()))
+        );
+        let bad6 = AddrText::Ipv6 {
+            host: "::g".into(),
+            port: "1".into(),
+        };
         assert!(address(&bad6, false).is_err());
     }
 
@@ -156,7 +168,9 @@ mod tests {
         assert!(c.contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!c.contains("10.0.0.1".parse().unwrap()));
         assert!(cidr("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(cidr("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(cidr("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(cidr("10.0.0.0/33").is_err());
     }
 }

@@ -19,9 +19,7 @@ pub fn try_read(s: &Stream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> 
     loop {
         // SAFETY: we write at most `room` bytes into the spare capacity, then set the
         // length to cover exactly what the kernel wrote.
-        let n = unsafe {
-            libc::read(s.fd(), buf.as_mut_ptr().add(len) as *mut libc::c_void, room)
-        };
+        let n = unsafe { libc::read(s.fd(), buf.as_mut_ptr().add(len) as *mut libc::c_void, room) };
         if n >= 0 {
             unsafe { buf.set_len(len + n as usize) };
             return Ok(n as usize);
@@ -63,7 +61,12 @@ pub fn try_write(s: &Stream, data: &[u8]) -> io::Result<usize> {
         // SAFETY: reading `data.len()` bytes from a valid slice. MSG_NOSIGNAL: a peer
         // that went away must give EPIPE, not kill the process.
         let n = unsafe {
-            libc::send(s.fd(), data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_NOSIGNAL)
+            libc::send(
+                s.fd(),
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
         };
         if n >= 0 {
             return Ok(n as usize);
@@ -103,7 +106,10 @@ pub async fn copy_exact(
         let want = n.min(buf.capacity().max(super::buffer::BUF_SIZE) as u64) as usize;
         let got = read(from, buf, want, t).await?;
         if got == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed mid-body"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed mid-body",
+            ));
         }
         write_all(to, &buf[..got], t).await?;
         n -= got as u64;
@@ -113,7 +119,12 @@ pub async fn copy_exact(
 }
 
 /// Copy until `from` reaches EOF; returns the bytes copied.
-pub async fn copy_to_eof(from: &Stream, to: &Stream, buf: &mut Vec<u8>, t: Duration) -> io::Result<u64> {
+pub async fn copy_to_eof(
+    from: &Stream,
+    to: &Stream,
+    buf: &mut Vec<u8>,
+    t: Duration,
+) -> io::Result<u64> {
     let mut total = 0;
     loop {
         buf.clear();

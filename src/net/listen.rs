@@ -55,7 +55,11 @@ impl Listener {
     pub fn bind(addr: &Address) -> io::Result<Listener> {
         let socket = match addr {
             Address::Inet(a) => {
-                let s = Socket::new(Domain::for_address(*a), Type::STREAM.nonblocking().cloexec(), None)?;
+                let s = Socket::new(
+                    Domain::for_address(*a),
+                    Type::STREAM.nonblocking().cloexec(),
+                    None,
+                )?;
                 s.set_reuse_address(true)?;
                 s.set_reuse_port(true)?;
                 if a.is_ipv6() {
@@ -80,12 +84,18 @@ impl Listener {
             }
         };
         socket.listen(BACKLOG)?;
-        Ok(Listener { addr: addr.clone(), fd: socket.into() })
+        Ok(Listener {
+            addr: addr.clone(),
+            fd: socket.into(),
+        })
     }
 
     /// Another handle on the same socket (unix listeners are shared by workers).
     pub fn try_clone(&self) -> io::Result<Listener> {
-        Ok(Listener { addr: self.addr.clone(), fd: self.fd.try_clone()? })
+        Ok(Listener {
+            addr: self.addr.clone(),
+            fd: self.fd.try_clone()?,
+        })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -105,7 +115,10 @@ impl Listener {
             let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(raw) };
             ListenIo::Unix(monoio::net::UnixListener::from_std(l)?)
         };
-        Ok(Registered { addr: self.addr, io })
+        Ok(Registered {
+            addr: self.addr,
+            io,
+        })
     }
 }
 
@@ -158,7 +171,9 @@ impl Registered {
             let _ = socket2::SockRef::from(&owned).set_nodelay(true);
             // SAFETY: the kernel filled `len` bytes of a sockaddr_storage.
             let sa = unsafe { socket2::SockAddr::new(storage, len) };
-            Peer { addr: sa.as_socket() }
+            Peer {
+                addr: sa.as_socket(),
+            }
         } else {
             Peer { addr: None }
         };

@@ -9,8 +9,8 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::time::Duration;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use super::Stream;
 
@@ -39,7 +39,12 @@ impl Pipe {
         // SAFETY: plain fcntl on an fd we own.
         let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
         let cap = if got > 0 { got as usize } else { 64 * 1024 };
-        Ok(Pipe { read, write, cap, len: 0 })
+        Ok(Pipe {
+            read,
+            write,
+            cap,
+            len: 0,
+        })
     }
 }
 
@@ -145,7 +150,10 @@ pub async fn forward(
         }
     }
     if eof && limit.is_some() && left > 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed mid-body"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed mid-body",
+        ));
     }
     Ok(moved)
 }
@@ -153,7 +161,12 @@ pub async fn forward(
 /// Move what `from` has available right now (up to a pipe's worth) to `to`,
 /// waiting for `to` as needed. Ok(0) means EOF. Used by tunnels, which must not
 /// block one direction on a fixed length.
-pub async fn forward_available(from: &Stream, to: &Stream, pipe: &mut Pipe, t: Duration) -> io::Result<u64> {
+pub async fn forward_available(
+    from: &Stream,
+    to: &Stream,
+    pipe: &mut Pipe,
+    t: Duration,
+) -> io::Result<u64> {
     let n = match splice(from.fd(), pipe.write.as_raw_fd(), pipe.cap - pipe.len) {
         Ok(n) => n,
         // WouldBlock included: a readiness wake can be spurious; the caller waits again.

@@ -60,7 +60,10 @@ impl Stream {
     /// Close with RST instead of FIN: for a backend connection that is in an unknown
     /// state, so the backend does not keep processing a request nobody waits for.
     pub fn set_linger_zero(&self) {
-        let l = libc::linger { l_onoff: 1, l_linger: 0 };
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: valid pointer and size for SO_LINGER.
         unsafe {
             libc::setsockopt(

@@ -22,7 +22,14 @@ fn use_splice(mode: SpliceMode, n: u64) -> bool {
 }
 
 /// Forward exactly `n` bytes from socket to socket.
-pub async fn forward_len(w: &Worker, from: &Stream, to: &Stream, n: u64, mode: SpliceMode, t: Duration) -> io::Result<()> {
+pub async fn forward_len(
+    w: &Worker,
+    from: &Stream,
+    to: &Stream,
+    n: u64,
+    mode: SpliceMode,
+    t: Duration,
+) -> io::Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -40,7 +47,13 @@ pub async fn forward_len(w: &Worker, from: &Stream, to: &Stream, n: u64, mode: S
 }
 
 /// Forward until `from` closes (close-delimited response bodies).
-pub async fn forward_to_eof(w: &Worker, from: &Stream, to: &Stream, mode: SpliceMode, t: Duration) -> io::Result<u64> {
+pub async fn forward_to_eof(
+    w: &Worker,
+    from: &Stream,
+    to: &Stream,
+    mode: SpliceMode,
+    t: Duration,
+) -> io::Result<u64> {
     if mode != SpliceMode::Off {
         let mut pipe = w.pipes.take()?;
         let r = splice::forward(from, to, &mut pipe, None, t).await;
@@ -105,7 +118,10 @@ pub async fn forward_chunked(
             pos = 0;
             sent = 0;
             if nio::read(from, buf, 64 * 1024, t).await? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed mid-body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed mid-body",
+                ));
             }
         }
     }

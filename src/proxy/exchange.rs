@@ -53,9 +53,25 @@ pub struct Request<'a> {
     pub idle: std::time::Duration,
 }
 
-pub async fn exchange(w: &Worker, client: &Stream, backend: &Stream, buf: &mut Vec<u8>, req: &Request<'_>) -> Result<Done, Fail> {
+pub async fn exchange(
+    w: &Worker,
+    client: &Stream,
+    backend: &Stream,
+    buf: &mut Vec<u8>,
+    req: &Request<'_>,
+) -> Result<Done, Fail> {
     let mut out = w.bufs.take();
-    let r = exchange_inner(w, client, backend, buf, req, &mut out, req.idle, req.entry.timeouts.backend).await;
+    let r = exchange_inner(
+        w,
+        client,
+        backend,
+        buf,
+        req,
+        &mut out,
+        req.idle,
+        req.entry.timeouts.backend,
+    )
+    .await;
     w.bufs.give(out);
     r
 }
@@ -73,7 +89,11 @@ async fn exchange_inner(
 ) -> Result<Done, Fail> {
     let head = req.head;
     let splice = req.entry.splice;
-    let info = ForwardInfo { client_ip: req.peer.ip(), proto: "http", keep_backend_alive: true };
+    let info = ForwardInfo {
+        client_ip: req.peer.ip(),
+        proto: "http",
+        keep_backend_alive: true,
+    };
     http::write_request_head(buf, head, &info, out);
 
     // Body bytes already read with the head ride in the same write.
@@ -98,9 +118,17 @@ async fn exchange_inner(
         head.method,
         Method::Get | Method::Head | Method::Options | Method::Trace | Method::Put | Method::Delete
     );
-    let replayable = req.reused && idempotent && rest == 0 && head.framing != BodyFraming::Chunked && !wait_continue;
+    let replayable = req.reused
+        && idempotent
+        && rest == 0
+        && head.framing != BodyFraming::Chunked
+        && !wait_continue;
     if let Err(e) = nio::write_all(backend, out, bt).await {
-        return Err(if replayable { Fail::Replayable(e) } else { backend_error(&e) });
+        return Err(if replayable {
+            Fail::Replayable(e)
+        } else {
+            backend_error(&e)
+        });
     }
 
     let mut rbuf = w.bufs.take();
@@ -110,14 +138,18 @@ async fn exchange_inner(
         if wait_continue {
             // The client waits for 100 before sending its body: read the backend's
             // answer first and relay the 100, or take its final response as is.
-            let rh = read_response(backend, &mut rbuf, false, bt).await.map_err(|e| e.into_fail(false))?;
+            let rh = read_response(backend, &mut rbuf, false, bt)
+                .await
+                .map_err(|e| e.into_fail(false))?;
             if rh.status == 100 {
                 nio::write_all(client, &rbuf[..rh.head_len], idle)
                     .await
                     .map_err(|e| Fail::Abort(format!("client: {e}")))?;
                 rbuf.drain(..rh.head_len);
                 // The body: what came with the head first, then the socket.
-                nio::write_all(backend, &buf[body_start..body_start + in_buf], bt).await.map_err(|e| backend_error(&e))?;
+                nio::write_all(backend, &buf[body_start..body_start + in_buf], bt)
+                    .await
+                    .map_err(|e| backend_error(&e))?;
             } else {
                 early = Some(rh);
             }
@@ -125,12 +157,15 @@ async fn exchange_inner(
         if early.is_none() {
             match head.framing {
                 BodyFraming::ContentLength(_) => {
-                    body::forward_len(w, client, backend, rest, splice, idle).await.map_err(|e| side_error(e, "request body"))?;
-                }
-                BodyFraming::Chunked => {
-                    consumed = body::forward_chunked(w, client, backend, buf, body_start, splice, idle)
+                    body::forward_len(w, client, backend, rest, splice, idle)
                         .await
                         .map_err(|e| side_error(e, "request body"))?;
+                }
+                BodyFraming::Chunked => {
+                    consumed =
+                        body::forward_chunked(w, client, backend, buf, body_start, splice, idle)
+                            .await
+                            .map_err(|e| side_error(e, "request body"))?;
                 }
                 BodyFraming::None => {}
             }
@@ -140,10 +175,20 @@ async fn exchange_inner(
         let rh = loop {
             let rh = match early.take() {
                 Some(rh) => rh,
-                None => read_response(backend, &mut rbuf, is_head, bt).await.map_err(|e| e.into_fail(replayable))?,
+                None => read_response(backend, &mut rbuf, is_head, bt)
+                    .await
+                    .map_err(|e| e.into_fail(replayable))?,
             };
+            if rh.upgrade && !head.upgrade {
+                return Err(Fail::Status(
+                    502,
+                    "backend switched protocols without being asked".into(),
+                ));
+            }
             if rh.is_interim() {
-                nio::write_all(client, &rbuf[..rh.head_len], idle).await.map_err(|e| Fail::Abort(format!("client: {e}")))?;
+                nio::write_all(client, &rbuf[..rh.head_len], idle)
+                    .await
+                    .map_err(|e| Fail::Abort(format!("client: {e}")))?;
                 rbuf.drain(..rh.head_len);
                 continue;
             }
@@ -170,26 +215,38 @@ async fn exchange_inner(
             _ => (0, 0),
         };
         out.extend_from_slice(&rbuf[rh.head_len..rh.head_len + in_rbuf]);
-        nio::write_all(client, out, idle).await.map_err(|e| Fail::Abort(format!("client: {e}")))?;
+        nio::write_all(client, out, idle)
+            .await
+            .map_err(|e| Fail::Abort(format!("client: {e}")))?;
         let mut sent = head_bytes + in_rbuf as u64;
         let mut backend_reusable = rh.keep_alive && !body_skipped;
         let cut = |e: io::Error| Fail::Abort(format!("response body: {e}"));
         match rh.framing {
             ResponseFraming::ContentLength(_) => {
-                body::forward_len(w, backend, client, rrest, splice, bt).await.map_err(cut)?;
+                body::forward_len(w, backend, client, rrest, splice, bt)
+                    .await
+                    .map_err(cut)?;
                 sent += rrest;
                 backend_reusable &= rbuf.len() == rh.head_len + in_rbuf;
             }
             ResponseFraming::Chunked => {
-                let end = body::forward_chunked(w, backend, client, &mut rbuf, rh.head_len, splice, bt).await.map_err(cut)?;
+                let end =
+                    body::forward_chunked(w, backend, client, &mut rbuf, rh.head_len, splice, bt)
+                        .await
+                        .map_err(cut)?;
                 sent += end as u64;
                 backend_reusable &= rbuf.len() == end;
             }
             ResponseFraming::CloseDelimited => {
                 if avail > 0 {
-                    nio::write_all(client, &rbuf[rh.head_len..], idle).await.map_err(cut)?;
+                    nio::write_all(client, &rbuf[rh.head_len..], idle)
+                        .await
+                        .map_err(cut)?;
                 }
-                sent += avail as u64 + body::forward_to_eof(w, backend, client, splice, bt).await.map_err(cut)?;
+                sent += avail as u64
+                    + body::forward_to_eof(w, backend, client, splice, bt)
+                        .await
+                        .map_err(cut)?;
                 backend_reusable = false;
             }
             ResponseFraming::None => {
@@ -216,7 +273,13 @@ async fn exchange_inner(
                 bytes_to_client: sent,
             });
         }
-        Ok(Done { consumed, client_keep_alive: client_keep, backend_reusable, status: rh.status, bytes_to_client: sent })
+        Ok(Done {
+            consumed,
+            client_keep_alive: client_keep,
+            backend_reusable,
+            status: rh.status,
+            bytes_to_client: sent,
+        })
     }
     .await;
     w.bufs.give(rbuf);
@@ -243,14 +306,23 @@ impl ReadError {
     fn into_fail(self, replayable: bool) -> Fail {
         match self {
             ReadError::Closed(e) if replayable => Fail::Replayable(e),
-            ReadError::Closed(e) => Fail::Status(502, format!("backend closed the connection: {e}")),
+            ReadError::Closed(e) => {
+                Fail::Status(502, format!("backend closed the connection: {e}"))
+            }
             ReadError::Io(e) => backend_error(&e),
-            ReadError::Bad(why) => Fail::Status(502, format!("invalid response from backend: {why}")),
+            ReadError::Bad(why) => {
+                Fail::Status(502, format!("invalid response from backend: {why}"))
+            }
         }
     }
 }
 
-async fn read_response(backend: &Stream, rbuf: &mut Vec<u8>, is_head: bool, t: std::time::Duration) -> Result<http::ResponseHead, ReadError> {
+async fn read_response(
+    backend: &Stream,
+    rbuf: &mut Vec<u8>,
+    is_head: bool,
+    t: std::time::Duration,
+) -> Result<http::ResponseHead, ReadError> {
     loop {
         if !rbuf.is_empty() {
             match http::parse_response(rbuf, is_head) {
@@ -263,11 +335,16 @@ async fn read_response(backend: &Stream, rbuf: &mut Vec<u8>, is_head: bool, t: s
         let was_empty = rbuf.is_empty();
         match nio::read(backend, rbuf, http::MAX_HEAD + 1, t).await {
             Ok(0) if was_empty => {
-                return Err(ReadError::Closed(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding")))
+                return Err(ReadError::Closed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before responding",
+                )))
             }
             Ok(0) => return Err(ReadError::Bad("closed in the middle of the head")),
             Ok(_) => {}
-            Err(e) if was_empty && e.kind() == io::ErrorKind::ConnectionReset => return Err(ReadError::Closed(e)),
+            Err(e) if was_empty && e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(ReadError::Closed(e))
+            }
             Err(e) => return Err(ReadError::Io(e)),
         }
     }

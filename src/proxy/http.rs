@@ -85,10 +85,19 @@ enum HeadError {
 
 /// Read until a whole head is in `buf`; the head must arrive within `limit` of its
 /// first byte, however slowly it trickles (Slowloris).
-async fn read_head(client: &Stream, buf: &mut Vec<u8>, limit: Duration) -> Result<RequestHead, HeadError> {
+async fn read_head(
+    client: &Stream,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<RequestHead, HeadError> {
     let deadline = Instant::now() + limit;
+    // Parsing is skipped until the head may be complete: re-parsing after every
+    // small read would make a trickling client cost quadratic work.
+    let mut before = 0;
     loop {
-        if !buf.is_empty() {
+        if !buf.is_empty()
+            && (buf.len() > http::MAX_HEAD || http::head_may_be_complete(buf, before))
+        {
             match http::parse_request(buf) {
                 Ok(h) => return Ok(h),
                 Err(RequestError::Incomplete) => {}
@@ -103,13 +112,29 @@ async fn read_head(client: &Stream, buf: &mut Vec<u8>, limit: Duration) -> Resul
                 }
             }
         }
+        before = buf.len();
         let left = deadline.saturating_duration_since(Instant::now());
-        match nio::read(client, buf, http::MAX_HEAD + 1 - buf.len().min(http::MAX_HEAD), left).await {
+        match nio::read(
+            client,
+            buf,
+            http::MAX_HEAD + 1 - buf.len().min(http::MAX_HEAD),
+            left,
+        )
+        .await
+        {
             Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
-            Ok(0) => return Err(HeadError::Reject(400, "connection closed in the middle of the head")),
+            Ok(0) => {
+                return Err(HeadError::Reject(
+                    400,
+                    "connection closed in the middle of the head",
+                ))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut && !buf.is_empty() => {
-                return Err(HeadError::Reject(408, "request head not received in time (HeadTimeout)"))
+                return Err(HeadError::Reject(
+                    408,
+                    "request head not received in time (HeadTimeout)",
+                ))
             }
             Err(_) => return Err(HeadError::Closed),
         }
@@ -124,7 +149,14 @@ async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worke
 }
 
 /// Route and proxy one request. `Some(consumed)` to keep the connection open.
-async fn handle(w: &Worker, live: &Arc<Live>, client: &Stream, peer: Peer, buf: &mut Vec<u8>, head: &RequestHead) -> Option<usize> {
+async fn handle(
+    w: &Worker,
+    live: &Arc<Live>,
+    client: &Stream,
+    peer: Peer,
+    buf: &mut Vec<u8>,
+    head: &RequestHead,
+) -> Option<usize> {
     let config = &live.config;
     let route = {
         let mut norm = w.path_scratch.borrow_mut();
@@ -136,7 +168,9 @@ async fn handle(w: &Worker, live: &Arc<Live>, client: &Stream, peer: Peer, buf: 
         let close = !head.keep_alive || head.framing != BodyFraming::None;
         let mut out = w.bufs.take();
         http::error_response(404, close, &mut out);
-        let ok = nio::write_all(client, &out, config.global.idle_timeout).await.is_ok();
+        let ok = nio::write_all(client, &out, config.global.idle_timeout)
+            .await
+            .is_ok();
         w.bufs.give(out);
         return (ok && !close).then_some(head.head_len);
     };
@@ -157,13 +191,17 @@ async fn handle(w: &Worker, live: &Arc<Live>, client: &Stream, peer: Peer, buf: 
             tried: &tried,
             max_connections: entry.max_connections,
         };
-        let Some(i) = rt.balancer.pick(&cx) else { break };
+        let Some(i) = rt.balancer.pick(&cx) else {
+            break;
+        };
         tried.insert(i);
         let server = &rt.servers[i];
         if !server.try_acquire(now) {
             continue; // another request is probing it
         }
-        let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else { continue };
+        let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
+            continue;
+        };
         any_available = true;
         let addr = &server.spec.addr;
         let mut fresh_retry = false;
@@ -177,36 +215,70 @@ async fn handle(w: &Worker, live: &Arc<Live>, client: &Stream, peer: Peer, buf: 
                     }
                     Err(e) => {
                         server.connect_failed(&entry.availability, now_ms());
-                        crate::warn!("entry {}: connect to {} failed: {e}", entry.name, server.spec.text);
+                        crate::warn!(
+                            "entry {}: connect to {} failed: {e}",
+                            entry.name,
+                            server.spec.text
+                        );
                         last_error = format!("connect to {}: {e}", server.spec.text);
                         break;
                     }
                 },
             };
-            let req = Request { head, peer, entry, reused, idle };
+            let req = Request {
+                head,
+                peer,
+                entry,
+                reused,
+                idle,
+            };
             match exchange(w, client, &backend, buf, &req).await {
                 Ok(done) => return finish(w, backend, addr, done),
                 Err(Fail::Replayable(e)) => {
-                    crate::debug!("pooled connection to {} failed ({e}); retrying on a fresh one", server.spec.text);
+                    crate::debug!(
+                        "pooled connection to {} failed ({e}); retrying on a fresh one",
+                        server.spec.text
+                    );
                     fresh_retry = true;
                 }
                 Err(Fail::Status(status, why)) => {
                     backend.set_linger_zero();
-                    crate::warn!("entry {}: {status} for client {}: {why} (server {})", entry.name, show(peer), server.spec.text);
+                    crate::warn!(
+                        "entry {}: {status} for client {}: {why} (server {})",
+                        entry.name,
+                        show(peer),
+                        server.spec.text
+                    );
                     send_error(client, status, "", w).await;
                     return None;
                 }
                 Err(Fail::Abort(why)) => {
                     backend.set_linger_zero();
-                    crate::info!("entry {}: connection with client {} aborted: {why}", entry.name, show(peer));
+                    crate::info!(
+                        "entry {}: connection with client {} aborted: {why}",
+                        entry.name,
+                        show(peer)
+                    );
                     return None;
                 }
             }
         }
     }
-    let (status, extra) = if any_available { (502, "") } else { (503, "Retry-After: 1\r\n") };
-    let why = if any_available { last_error } else { "no server available (offline or at MaxConnections)".into() };
-    crate::warn!("entry {}: {status} for client {}: {why}", entry.name, show(peer));
+    let (status, extra) = if any_available {
+        (502, "")
+    } else {
+        (503, "Retry-After: 1\r\n")
+    };
+    let why = if any_available {
+        last_error
+    } else {
+        "no server available (offline or at MaxConnections)".into()
+    };
+    crate::warn!(
+        "entry {}: {status} for client {}: {why}",
+        entry.name,
+        show(peer)
+    );
     send_error(client, status, extra, w).await;
     None
 }
@@ -229,7 +301,9 @@ impl<'a> ActiveSlot<'a> {
                 s.active.fetch_add(1, Relaxed);
             }
             Some(m) => {
-                s.active.fetch_update(AcqRel, Relaxed, |a| (a < m).then_some(a + 1)).ok()?;
+                s.active
+                    .fetch_update(AcqRel, Relaxed, |a| (a < m).then_some(a + 1))
+                    .ok()?;
             }
         }
         Some(ActiveSlot(s))

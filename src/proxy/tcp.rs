@@ -17,7 +17,9 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, entry_index: usiz
     let live = w.live.load_full();
     // The listener was opened for an entry of the config current at accept time; a
     // reload may have reordered entries, so fall back to a lookup by listener.
-    let Some(entry) = live.config.entries.get(entry_index) else { return };
+    let Some(entry) = live.config.entries.get(entry_index) else {
+        return;
+    };
     let rt = &live.entries[entry_index];
     let idle = entry.timeouts.idle;
 
@@ -44,7 +46,9 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, entry_index: usiz
             tried: &tried,
             max_connections: entry.max_connections,
         };
-        let Some(i) = rt.balancer.pick(&cx) else { break };
+        let Some(i) = rt.balancer.pick(&cx) else {
+            break;
+        };
         tried.insert(i);
         let server = &rt.servers[i];
         if !server.try_acquire(now) {
@@ -57,24 +61,41 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, entry_index: usiz
             }
             Err(e) => {
                 server.connect_failed(&entry.availability, now_ms());
-                crate::warn!("entry {}: connect to {} failed: {e}", entry.name, server.spec.text);
+                crate::warn!(
+                    "entry {}: connect to {} failed: {e}",
+                    entry.name,
+                    server.spec.text
+                );
                 continue;
             }
         };
-        server.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        server
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !first.is_empty() && nio::write_all(&backend, &first, idle).await.is_err() {
-            server.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            server
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let start = now_ms();
         let moved = tunnel::run_with(w, &client, &backend, idle, entry.splice).await;
-        server.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         server
-            .bytes
-            .fetch_add(moved.a_to_b + moved.b_to_a + first.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        server.busy_ms.fetch_add(now_ms() - start, std::sync::atomic::Ordering::Relaxed);
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        server.bytes.fetch_add(
+            moved.a_to_b + moved.b_to_a + first.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        server
+            .busy_ms
+            .fetch_add(now_ms() - start, std::sync::atomic::Ordering::Relaxed);
         return;
     }
-    crate::warn!("entry {}: no server could take a tcp connection from {:?}", entry.name, peer.addr);
+    crate::warn!(
+        "entry {}: no server could take a tcp connection from {:?}",
+        entry.name,
+        peer.addr
+    );
     let _ = Duration::ZERO;
 }

@@ -23,18 +23,41 @@ pub async fn run(w: &Worker, a: &Stream, b: &Stream, idle: Duration) -> Moved {
     run_with(w, a, b, idle, SpliceMode::On).await
 }
 
-pub async fn run_with(w: &Worker, a: &Stream, b: &Stream, idle: Duration, mode: SpliceMode) -> Moved {
+pub async fn run_with(
+    w: &Worker,
+    a: &Stream,
+    b: &Stream,
+    idle: Duration,
+    mode: SpliceMode,
+) -> Moved {
     let last = Cell::new(now_ms());
-    let (ab, ba) = monoio::join!(one_way(w, a, b, idle, &last, mode), one_way(w, b, a, idle, &last, mode));
-    Moved { a_to_b: ab, b_to_a: ba }
+    let (ab, ba) = monoio::join!(
+        one_way(w, a, b, idle, &last, mode),
+        one_way(w, b, a, idle, &last, mode)
+    );
+    Moved {
+        a_to_b: ab,
+        b_to_a: ba,
+    }
 }
 
 /// Forward `from` → `to` until EOF, error, or the whole tunnel is idle.
-async fn one_way(w: &Worker, from: &Stream, to: &Stream, idle: Duration, last: &Cell<u64>, mode: SpliceMode) -> u64 {
+async fn one_way(
+    w: &Worker,
+    from: &Stream,
+    to: &Stream,
+    idle: Duration,
+    last: &Cell<u64>,
+    mode: SpliceMode,
+) -> u64 {
     let mut moved = 0u64;
     let r: io::Result<()> = async {
         let use_pipe = mode != SpliceMode::Off;
-        let mut pipe = if use_pipe { Some(w.pipes.take()?) } else { None };
+        let mut pipe = if use_pipe {
+            Some(w.pipes.take()?)
+        } else {
+            None
+        };
         let mut buf = if use_pipe { Vec::new() } else { w.bufs.take() };
         let r = async {
             loop {

@@ -38,14 +38,24 @@ impl Live {
                     .servers
                     .iter()
                     .map(|s| {
-                        old.and_then(|o| o.servers.iter().find(|x| x.spec.addr == s.addr && x.spec.weight == s.weight))
-                            .cloned()
-                            .unwrap_or_else(|| Arc::new(ServerState::new(s.clone())))
+                        old.and_then(|o| {
+                            o.servers
+                                .iter()
+                                .find(|x| x.spec.addr == s.addr && x.spec.weight == s.weight)
+                        })
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(ServerState::new(s.clone())))
                     })
                     .collect();
-                EntryRuntime { servers, balancer: balance::build(e.balancer, &e.servers) }
+                EntryRuntime {
+                    servers,
+                    balancer: balance::build(e.balancer, &e.servers),
+                }
             })
             .collect();
-        Live { config: Arc::new(config), entries }
+        Live {
+            config: Arc::new(config),
+            entries,
+        }
     }
 }

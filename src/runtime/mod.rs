@@ -69,7 +69,10 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
             l.addr
         );
     }
-    let threads = opts.threads.map_or_else(|| config.threads(), |n| n as usize).max(1);
+    let threads = opts
+        .threads
+        .map_or_else(|| config.threads(), |n| n as usize)
+        .max(1);
     let live = Arc::new(ArcSwap::from_pointee(Live::build(config, None)));
     let services = worker::services(&live.load());
 
@@ -119,7 +122,12 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
             .context("cannot start a worker thread")?;
         handles.push(h);
     }
-    Ok(Running { shutdown, live, threads: handles, bound })
+    Ok(Running {
+        shutdown,
+        live,
+        threads: handles,
+        bound,
+    })
 }
 
 /// Reload: read and validate the file, then swap. A broken file changes nothing.
@@ -132,8 +140,14 @@ pub fn reload(live: &ArcSwap<Live>, path: &std::path::Path) -> Result<(), String
     let old_services = worker::services(&old);
     let new = Live::build(config, Some(&old));
     let new_services = worker::services(&new);
-    if old_services.iter().map(|s| &s.0).ne(new_services.iter().map(|s| &s.0)) {
-        crate::warn!("reload: Listen addresses changed; listeners are kept as they were until a restart");
+    if old_services
+        .iter()
+        .map(|s| &s.0)
+        .ne(new_services.iter().map(|s| &s.0))
+    {
+        crate::warn!(
+            "reload: Listen addresses changed; listeners are kept as they were until a restart"
+        );
     }
     live.store(Arc::new(new));
     Ok(())
@@ -154,7 +168,12 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
     crate::info!(
         "simian {} listening on {}",
         env!("CARGO_PKG_VERSION"),
-        running.bound.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        running
+            .bound
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for sig in signals.forever() {
         match sig {
@@ -168,7 +187,10 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
             }
             _ => {
                 let t = running.live.load().config.global.shutdown_timeout;
-                crate::info!("shutting down: draining connections for up to {}", humantime::format_duration(t));
+                crate::info!(
+                    "shutting down: draining connections for up to {}",
+                    humantime::format_duration(t)
+                );
                 running.shutdown.start(t);
                 break;
             }

@@ -22,7 +22,9 @@ struct Inner {
 impl Shutdown {
     pub fn start(&self, drain: Duration) {
         let now = crate::upstream::clock::now_ms();
-        self.inner.deadline_ms.store(now + drain.as_millis() as u64, Relaxed);
+        self.inner
+            .deadline_ms
+            .store(now + drain.as_millis() as u64, Relaxed);
         self.inner.started.store(true, Release);
     }
 

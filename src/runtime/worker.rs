@@ -68,7 +68,11 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         .build()?;
     rt.block_on(async move {
         if spec.id == 0 {
-            let driver = if monoio::utils::is_legacy() { "epoll (legacy)" } else { "io_uring" };
+            let driver = if monoio::utils::is_legacy() {
+                "epoll (legacy)"
+            } else {
+                "io_uring"
+            };
             crate::info!("I/O driver: {driver}");
         }
         let w = Rc::new(Worker {
@@ -139,7 +143,9 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
                         let guard = ConnGuard(w2.clone());
                         match service {
                             Service::Http => crate::proxy::http::serve(&w2, stream, peer).await,
-                            Service::Tcp(entry) => crate::proxy::tcp::serve(&w2, stream, peer, entry).await,
+                            Service::Tcp(entry) => {
+                                crate::proxy::tcp::serve(&w2, stream, peer, entry).await
+                            }
                         }
                         drop(guard);
                     });
@@ -170,7 +176,12 @@ impl Drop for ConnGuard {
 /// entry's own.
 pub fn services(live: &Live) -> Vec<(crate::config::Address, Service)> {
     let c = &live.config;
-    let mut out: Vec<_> = c.global.listen.iter().map(|l| (l.addr.clone(), Service::Http)).collect();
+    let mut out: Vec<_> = c
+        .global
+        .listen
+        .iter()
+        .map(|l| (l.addr.clone(), Service::Http))
+        .collect();
     for (i, e) in c.entries.iter().enumerate() {
         if e.mode == Mode::Tcp {
             out.extend(e.listen.iter().map(|l| (l.addr.clone(), Service::Tcp(i))));

@@ -69,7 +69,11 @@ impl ServerState {
         if until == 0 {
             return true;
         }
-        now_ms >= until && self.probing.compare_exchange(false, true, AcqRel, Relaxed).is_ok()
+        now_ms >= until
+            && self
+                .probing
+                .compare_exchange(false, true, AcqRel, Relaxed)
+                .is_ok()
     }
 
     pub fn connect_succeeded(&self) {
@@ -118,7 +122,10 @@ mod tests {
 
     #[test]
     fn offline_after_attempts_then_one_probe() {
-        let a = Availability { attempts: 2, offline_timeout: Duration::from_secs(2) };
+        let a = Availability {
+            attempts: 2,
+            offline_timeout: Duration::from_secs(2),
+        };
         let s = server();
         s.connect_failed(&a, 1000);
         assert!(s.is_available(1000));
@@ -142,7 +149,10 @@ mod tests {
 
     #[test]
     fn attempts_zero_never_offline() {
-        let a = Availability { attempts: 0, offline_timeout: Duration::from_secs(2) };
+        let a = Availability {
+            attempts: 0,
+            offline_timeout: Duration::from_secs(2),
+        };
         let s = server();
         for t in 0..10 {
             s.connect_failed(&a, t);
