@@ -8,6 +8,7 @@
 
 #[macro_use]
 pub mod log;
+pub mod accesslog;
 pub mod balance;
 pub mod cli;
 pub mod config;
@@ -17,4 +18,5 @@ pub mod net;
 pub mod proxy;
 pub mod route;
 pub mod runtime;
+pub mod stats;
 pub mod upstream;

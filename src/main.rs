@@ -71,6 +71,6 @@ fn load(cli: &Cli) -> anyhow::Result<Option<Config>> {
             eprintln!("{errors}");
             Ok(None)
         }
-        Err(e @ LoadError::Read { .. }) => Err(e.into()),
+        Err(e @ LoadError::Read { .. }) => Err(anyhow::anyhow!("{e}")),
     }
 }

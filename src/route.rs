@@ -107,6 +107,13 @@ impl Router {
         self.text.is_empty()
     }
 
+    /// Index of the first pattern of an entry (an entry's patterns are numbered
+    /// contiguously), so `pattern - first_pattern_of(entry)` is its index within the
+    /// entry.
+    pub fn first_pattern_of(&self, entry: usize) -> usize {
+        self.entry_of.partition_point(|e| *e < entry)
+    }
+
     /// Pattern indexes of one entry.
     pub fn patterns_of(&self, entry: usize) -> impl Iterator<Item = usize> + '_ {
         self.entry_of

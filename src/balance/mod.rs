@@ -193,10 +193,19 @@ pub(crate) fn least_by<T: PartialOrd + Copy + Default>(
     cx: &PickContext,
     metric: impl Fn(&ServerState) -> T,
 ) -> Option<usize> {
+    least_by_index(cx, |i| metric(&cx.servers[i]))
+}
+
+/// [`least_by`] with the metric given by server index.
+#[inline]
+pub(crate) fn least_by_index<T: PartialOrd + Copy + Default>(
+    cx: &PickContext,
+    metric: impl Fn(usize) -> T,
+) -> Option<usize> {
     let zero = T::default();
     let mut best: Option<(usize, T)> = None;
-    for (i, s) in cx.servers.iter().enumerate() {
-        let v = metric(s);
+    for i in 0..cx.servers.len() {
+        let v = metric(i);
         if best.is_none_or(|(_, b)| v < b) && cx.usable(i) {
             if v <= zero {
                 return Some(i);

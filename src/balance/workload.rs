@@ -14,30 +14,52 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{least_by, Balance, PickContext};
+use super::{least_by_index, Balance, PickContext};
 
 pub struct Workload;
 
 /// Weight of the requests-in-flight share; bytes and time weigh 1.
-const ACTIVE_WEIGHT: f64 = 2.0;
+const ACTIVE_WEIGHT: u64 = 2;
 
 impl Balance for Workload {
     fn pick(&self, cx: &PickContext) -> Option<usize> {
-        let (mut active, mut bytes, mut busy) = (0u64, 0u64, 0u64);
-        for s in cx.servers {
-            active += u64::from(s.active.load(Relaxed));
-            bytes = bytes.saturating_add(s.bytes.load(Relaxed));
-            busy = busy.saturating_add(s.busy_ms.load(Relaxed));
-        }
-        let ka = ACTIVE_WEIGHT / active.max(1) as f64;
-        let kb = 1.0 / bytes.max(1) as f64;
-        let kt = 1.0 / busy.max(1) as f64;
-        least_by(cx, |s| {
-            f64::from(s.active.load(Relaxed)) * ka
-                + s.bytes.load(Relaxed) as f64 * kb
-                + s.busy_ms.load(Relaxed) as f64 * kt
-        })
+        let load = |i: usize| {
+            let s = &cx.servers[i];
+            (
+                s.active.load(Relaxed),
+                s.bytes.load(Relaxed),
+                s.busy_ms.load(Relaxed),
+            )
+        };
+        scores(cx, load)
     }
+}
+
+#[inline]
+fn scores(cx: &PickContext, load: impl Fn(usize) -> (u32, u64, u64)) -> Option<usize> {
+    let n = cx.servers.len();
+    let (mut active, mut bytes, mut busy) = (0u64, 0u64, 0u64);
+    for i in 0..n {
+        let (a, b, t) = load(i);
+        active += u64::from(a);
+        bytes = bytes.wrapping_add(b);
+        busy = busy.wrapping_add(t);
+    }
+    let (sa, ka) = share(active, ACTIVE_WEIGHT);
+    let (sb, kb) = share(bytes, 1);
+    let (st, kt) = share(busy, 1);
+    least_by_index(cx, |i| {
+        let (a, b, t) = load(i);
+        (u64::from(a) >> sa) * ka + (b >> sb) * kb + (t >> st) * kt
+    })
+}
+
+/// Fixed point for `weight · x / total` as `(x >> shift) · k`: the total is
+/// shifted into 32 bits and `k = weight · 2^60 / total`, so each term is at most
+/// `weight · 2^60` and the sum of the three fits in 64 bits, with 2^-28 precision.
+fn share(total: u64, weight: u64) -> (u32, u64) {
+    let shift = (64 - total.leading_zeros()).saturating_sub(32);
+    (shift, weight * ((1u64 << 60) / (total >> shift).max(1)))
 }
 
 #[cfg(test)]

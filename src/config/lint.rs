@@ -26,14 +26,14 @@ pub fn glob_help(pattern: &str) -> Option<String> {
 }
 
 /// Paths that any "match everything" pattern accepts; a pattern matching all of them
-/// is treated as a catch-all when looking for shadowed entries.
-const PROBES: [&[u8]; 6] = [
+/// is treated as a catch-all when looking for shadowed entries. Routing sees
+/// normalised paths, which always start with `/`, so `Match /` is a catch-all.
+const PROBES: [&[u8]; 5] = [
     b"/",
     b"/index.html",
     b"/a/b/c.php",
     b"/static/x.jpg",
     b"/Z9",
-    b"",
 ];
 
 pub fn warnings(

@@ -23,12 +23,10 @@ pub use model::*;
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message (the runtime prints it with `to_string()`), so it
+    // is not also a `source()`: `{:#}` would print it twice.
+    #[error("cannot read configuration file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{0}")]
     Invalid(ConfigErrors),
 }
@@ -36,9 +34,9 @@ pub enum LoadError {
 impl Config {
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::parse(&bytes, path).map_err(LoadError::Invalid)
     }

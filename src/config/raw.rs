@@ -201,7 +201,13 @@ pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
         }
         match ConfigParser::parse(Rule::line, line) {
             Err(e) => {
-                let d = pest_error(&raw, lineno, line, e);
+                let d = if line.trim_start().starts_with('[') && !line.contains(']') {
+                    let col = line.trim_end().chars().count() + 1;
+                    let msg = "section header without its closing `]`";
+                    raw.diag(Severity::Error, Span { line: lineno, col }, msg, None)
+                } else {
+                    pest_error(&raw, lineno, line, e)
+                };
                 raw.errors.push(d);
                 if let Some(s) = current.as_mut() {
                     s.had_errors = true;
@@ -218,6 +224,7 @@ pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
                             let Some(kind) = item.into_inner().next() else {
                                 continue;
                             };
+                            let unknown = kind.as_rule() == Rule::unknown_section;
                             let kind = match kind.as_rule() {
                                 Rule::defaults_section => SectionKind::Defaults,
                                 Rule::entry_section => SectionKind::Entry,
@@ -247,7 +254,9 @@ pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
                                 kind,
                                 span,
                                 directives: Vec::new(),
-                                had_errors: false,
+                                // No "missing X" errors about a section already
+                                // reported as unknown.
+                                had_errors: unknown,
                             });
                         }
                         Rule::EOI => {}

@@ -68,9 +68,9 @@ pub async fn forward_to_eof(
 }
 
 /// Forward a chunked body whose first bytes are `buf[pos..]`, reading the rest from
-/// `from`. Returns the offset in `buf` just past the body; `buf` may have been
-/// compacted on the way (bytes before the returned offset are gone or forwarded),
-/// and bytes after it belong to the next message.
+/// `from`. Returns the offset in `buf` just past the body, and the body's size on
+/// the wire; `buf` may have been compacted on the way (bytes before the returned
+/// offset are gone or forwarded), and bytes after it belong to the next message.
 pub async fn forward_chunked(
     w: &Worker,
     from: &Stream,
@@ -79,11 +79,12 @@ pub async fn forward_chunked(
     mut pos: usize,
     mode: SpliceMode,
     t: Duration,
-) -> io::Result<usize> {
+) -> io::Result<(usize, u64)> {
     let bad = |e: crate::http::ChunkError| io::Error::new(io::ErrorKind::InvalidData, e.0);
     let mut sc = ChunkedScanner::new();
     // Bytes of `buf` before `sent` are already written to `to`.
     let mut sent = pos;
+    let mut total = 0u64;
     loop {
         let mut need_more = false;
         match sc.step(&buf[pos..]).map_err(bad)? {
@@ -96,6 +97,7 @@ pub async fn forward_chunked(
                 } else if use_splice(mode, n) {
                     // A large chunk with nothing buffered: splice it socket to socket.
                     nio::write_all(to, &buf[sent..pos], t).await?;
+                    total += (pos - sent) as u64 + n;
                     buf.clear();
                     pos = 0;
                     sent = 0;
@@ -108,12 +110,13 @@ pub async fn forward_chunked(
             ChunkStep::Done(n) => {
                 pos += n;
                 nio::write_all(to, &buf[sent..pos], t).await?;
-                return Ok(pos);
+                return Ok((pos, total + (pos - sent) as u64));
             }
             ChunkStep::NeedMore => need_more = true,
         }
         if need_more {
             nio::write_all(to, &buf[sent..pos], t).await?;
+            total += (pos - sent) as u64;
             buf.drain(..pos);
             pos = 0;
             sent = 0;

@@ -23,6 +23,8 @@ pub struct Done {
     pub backend_reusable: bool,
     pub status: u16,
     pub bytes_to_client: u64,
+    /// Request body bytes as received (framing included for chunked).
+    pub body_from_client: u64,
 }
 
 pub enum Fail {
@@ -134,6 +136,7 @@ async fn exchange_inner(
     let mut rbuf = w.bufs.take();
     let r = async {
         let mut consumed = body_start + in_buf;
+        let mut body_in = in_buf as u64;
         let mut early: Option<http::ResponseHead> = None;
         if wait_continue {
             // The client waits for 100 before sending its body: read the backend's
@@ -160,9 +163,10 @@ async fn exchange_inner(
                     body::forward_len(w, client, backend, rest, splice, idle)
                         .await
                         .map_err(|e| side_error(e, "request body"))?;
+                    body_in += rest;
                 }
                 BodyFraming::Chunked => {
-                    consumed =
+                    (consumed, body_in) =
                         body::forward_chunked(w, client, backend, buf, body_start, splice, idle)
                             .await
                             .map_err(|e| side_error(e, "request body"))?;
@@ -230,11 +234,11 @@ async fn exchange_inner(
                 backend_reusable &= rbuf.len() == rh.head_len + in_rbuf;
             }
             ResponseFraming::Chunked => {
-                let end =
+                let (end, n) =
                     body::forward_chunked(w, backend, client, &mut rbuf, rh.head_len, splice, bt)
                         .await
                         .map_err(cut)?;
-                sent += end as u64;
+                sent += n;
                 backend_reusable &= rbuf.len() == end;
             }
             ResponseFraming::CloseDelimited => {
@@ -271,6 +275,7 @@ async fn exchange_inner(
                 backend_reusable: false,
                 status: rh.status,
                 bytes_to_client: sent,
+                body_from_client: body_in,
             });
         }
         Ok(Done {
@@ -279,6 +284,7 @@ async fn exchange_inner(
             backend_reusable,
             status: rh.status,
             bytes_to_client: sent,
+            body_from_client: body_in,
         })
     }
     .await;

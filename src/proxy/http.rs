@@ -13,7 +13,7 @@ use crate::http::{self, BodyFraming, RequestError, RequestHead};
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
-use crate::proxy::exchange::{exchange, Done, Fail, Request};
+use crate::proxy::exchange::{exchange, Fail, Request};
 use crate::runtime::live::Live;
 use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
@@ -148,7 +148,30 @@ async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worke
     w.bufs.give(out);
 }
 
-/// Route and proxy one request. `Some(consumed)` to keep the connection open.
+/// What happened to one request, for the statistics and the access log.
+struct Served {
+    status: u16,
+    server: Option<usize>,
+    bytes_to_client: u64,
+    body_from_client: u64,
+    /// `Some(consumed)` to keep the client connection open.
+    keep: Option<usize>,
+}
+
+impl Served {
+    fn simian(status: u16, keep: Option<usize>) -> Served {
+        Served {
+            status,
+            server: None,
+            bytes_to_client: 0,
+            body_from_client: 0,
+            keep,
+        }
+    }
+}
+
+/// Route and proxy one request, then count and log it. `Some(consumed)` to keep
+/// the connection open.
 async fn handle(
     w: &Worker,
     live: &Arc<Live>,
@@ -157,25 +180,155 @@ async fn handle(
     buf: &mut Vec<u8>,
     head: &RequestHead,
 ) -> Option<usize> {
+    let t0 = Instant::now();
     let config = &live.config;
+    if let Some(url) = &config.global.statistics_url {
+        if &buf[head.path.clone()] == url.as_bytes() {
+            return crate::proxy::statistics::serve(w, live, client, peer, buf, head).await;
+        }
+    }
     let route = {
         let mut norm = w.path_scratch.borrow_mut();
         http::normalize_path(&buf[head.path.clone()], &mut norm);
         config.router.route(&norm)
     };
-    let Some(route) = route else {
-        crate::debug!("client {}: 404: no entry matches", show(peer));
-        let close = !head.keep_alive || head.framing != BodyFraming::None;
-        let mut out = w.bufs.take();
-        http::error_response(404, close, &mut out);
-        let ok = nio::write_all(client, &out, config.global.idle_timeout)
-            .await
-            .is_ok();
-        w.bufs.give(out);
-        return (ok && !close).then_some(head.head_len);
+    // The log needs the request line and two headers; the exchange may reuse `buf`
+    // (chunked bodies), so copy them first, and only when there is a log.
+    let mut log_fields = config
+        .global
+        .access_log
+        .is_some()
+        .then(|| LogFields::capture(w, buf, head));
+    let (served, route_index) = match route {
+        None => {
+            crate::debug!("client {}: 404: no entry matches", show(peer));
+            let close = !head.keep_alive || head.framing != BodyFraming::None;
+            let mut out = w.bufs.take();
+            http::error_response(404, close, &mut out);
+            let ok = nio::write_all(client, &out, config.global.idle_timeout)
+                .await
+                .is_ok();
+            let mut s = Served::simian(404, (ok && !close).then_some(head.head_len));
+            s.bytes_to_client = out.len() as u64;
+            w.bufs.give(out);
+            (s, None)
+        }
+        Some(route) => (
+            proxy(w, live, route.entry, client, peer, buf, head).await,
+            Some(route),
+        ),
     };
-    let entry = &config.entries[route.entry];
-    let rt = &live.entries[route.entry];
+    let micros = t0.elapsed().as_micros() as u64;
+    let received = head.head_len as u64 + served.body_from_client;
+    if let Some(r) = route_index {
+        live.entries[r.entry].stats.record(
+            w.id,
+            served.server,
+            r.pattern - config.router.first_pattern_of(r.entry),
+            served.status,
+            micros,
+            received,
+            served.bytes_to_client,
+        );
+    }
+    if let Some(f) = log_fields.take() {
+        let (route_name, server) = match route_index {
+            Some(r) => {
+                let rt = &live.entries[r.entry];
+                let server = served
+                    .server
+                    .and_then(|i| rt.servers.get(i))
+                    .map_or("-", |s| s.spec.text.as_str());
+                (config.entries[r.entry].name.as_str(), server)
+            }
+            None => ("-", "-"),
+        };
+        f.write(
+            w,
+            peer,
+            &served,
+            received,
+            micros / 1000,
+            server,
+            route_name,
+        );
+    }
+    served.keep
+}
+
+/// The request fields the access log needs, copied out of the request buffer.
+struct LogFields {
+    buf: Vec<u8>,
+    line: usize,
+    referer: usize,
+}
+
+impl LogFields {
+    fn capture(w: &Worker, buf: &[u8], head: &RequestHead) -> LogFields {
+        let mut b = w.bufs.take();
+        b.extend_from_slice(&buf[head.request_line()]);
+        let line = b.len();
+        let mut ua: &[u8] = b"";
+        let mut referer: &[u8] = b"";
+        for h in head.headers(buf) {
+            if h.name.eq_ignore_ascii_case(b"referer") {
+                referer = h.value;
+            } else if h.name.eq_ignore_ascii_case(b"user-agent") {
+                ua = h.value;
+            }
+        }
+        b.extend_from_slice(referer);
+        let referer = b.len();
+        b.extend_from_slice(ua);
+        LogFields {
+            buf: b,
+            line,
+            referer,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        self,
+        w: &Worker,
+        peer: Peer,
+        s: &Served,
+        received: u64,
+        ms: u64,
+        server: &str,
+        route: &str,
+    ) {
+        let e = crate::accesslog::Entry {
+            client: peer.ip(),
+            request_line: &self.buf[..self.line],
+            status: s.status,
+            bytes_to_client: s.bytes_to_client,
+            referer: &self.buf[self.line..self.referer],
+            user_agent: &self.buf[self.referer..],
+            bytes_from_client: received,
+            duration_ms: ms,
+            server,
+            route,
+        };
+        w.log_line(&e);
+        w.bufs.give(self.buf);
+    }
+}
+
+/// Pick a server of the entry, connect (with availability and failover), run the
+/// exchange; answer 502/503/504 when that is all that is left to do.
+async fn proxy(
+    w: &Worker,
+    live: &Arc<Live>,
+    entry_index: usize,
+    client: &Stream,
+    peer: Peer,
+    buf: &mut Vec<u8>,
+    head: &RequestHead,
+) -> Served {
+    let config = &live.config;
+    let entry = &config.entries[entry_index];
+    let rt = &live.entries[entry_index];
     let idle = config.global.idle_timeout;
 
     let mut tried = Tried::new(rt.servers.len());
@@ -233,7 +386,19 @@ async fn handle(
                 idle,
             };
             match exchange(w, client, &backend, buf, &req).await {
-                Ok(done) => return finish(w, backend, addr, done),
+                Ok(done) => {
+                    let served = Served {
+                        status: done.status,
+                        server: Some(i),
+                        bytes_to_client: done.bytes_to_client,
+                        body_from_client: done.body_from_client,
+                        keep: done.client_keep_alive.then_some(done.consumed),
+                    };
+                    if done.backend_reusable {
+                        w.backends.put(addr, backend);
+                    }
+                    return served;
+                }
                 Err(Fail::Replayable(e)) => {
                     crate::debug!(
                         "pooled connection to {} failed ({e}); retrying on a fresh one",
@@ -250,7 +415,10 @@ async fn handle(
                         server.spec.text
                     );
                     send_error(client, status, "", w).await;
-                    return None;
+                    return Served {
+                        server: Some(i),
+                        ..Served::simian(status, None)
+                    };
                 }
                 Err(Fail::Abort(why)) => {
                     backend.set_linger_zero();
@@ -259,7 +427,11 @@ async fn handle(
                         entry.name,
                         show(peer)
                     );
-                    return None;
+                    // 499 in the log, as nginx does for a client that went away.
+                    return Served {
+                        server: Some(i),
+                        ..Served::simian(499, None)
+                    };
                 }
             }
         }
@@ -280,14 +452,7 @@ async fn handle(
         show(peer)
     );
     send_error(client, status, extra, w).await;
-    None
-}
-
-fn finish(w: &Worker, backend: Stream, addr: &crate::config::Address, done: Done) -> Option<usize> {
-    if done.backend_reusable {
-        w.backends.put(addr, backend);
-    }
-    done.client_keep_alive.then_some(done.consumed)
+    Served::simian(status, None)
 }
 
 /// One request in flight on a server: counts in `active` and keeps MaxConnections

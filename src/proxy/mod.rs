@@ -4,5 +4,6 @@
 pub mod body;
 pub mod exchange;
 pub mod http;
+pub mod statistics;
 pub mod tcp;
 pub mod tunnel;

@@ -6,23 +6,29 @@ use std::sync::Arc;
 
 use crate::balance::{self, Balance};
 use crate::config::Config;
+use crate::stats::RouteStats;
 use crate::upstream::ServerState;
 
 pub struct EntryRuntime {
     pub servers: Vec<Arc<ServerState>>,
     pub balancer: Box<dyn Balance>,
+    /// Per-worker request counters of this route.
+    pub stats: Arc<RouteStats>,
 }
 
 pub struct Live {
     pub config: Arc<Config>,
     /// Same order as `config.entries`.
     pub entries: Vec<EntryRuntime>,
+    /// Worker threads the counters are sized for.
+    pub workers: usize,
 }
 
 impl Live {
     /// Build the live state; servers that remain from `previous` (same entry name,
-    /// same address) keep their state: offline marks, counters, connections.
-    pub fn build(config: Config, previous: Option<&Live>) -> Live {
+    /// same address) keep their state: offline marks, counters, connections. A
+    /// route whose servers and patterns are unchanged keeps its request counters.
+    pub fn build(config: Config, previous: Option<&Live>, workers: usize) -> Live {
         let entries = config
             .entries
             .iter()
@@ -47,15 +53,27 @@ impl Live {
                         .unwrap_or_else(|| Arc::new(ServerState::new(s.clone())))
                     })
                     .collect();
+                let same_shape = previous.is_some_and(|p| {
+                    let oe = p.config.entries.iter().find(|x| x.name == e.name);
+                    oe.is_some_and(|oe| oe.patterns == e.patterns && oe.servers == e.servers)
+                });
+                let stats = match old {
+                    Some(o) if same_shape && o.stats.workers.len() == workers.max(1) => {
+                        o.stats.clone()
+                    }
+                    _ => Arc::new(RouteStats::new(workers, e.servers.len(), e.patterns.len())),
+                };
                 EntryRuntime {
                     servers,
                     balancer: balance::build(e.balancer, &e.servers),
+                    stats,
                 }
             })
             .collect();
         Live {
             config: Arc::new(config),
             entries,
+            workers,
         }
     }
 }

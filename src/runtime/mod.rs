@@ -8,7 +8,6 @@ pub mod live;
 pub mod shutdown;
 pub mod worker;
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -73,7 +72,7 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
         .threads
         .map_or_else(|| config.threads(), |n| n as usize)
         .max(1);
-    let live = Arc::new(ArcSwap::from_pointee(Live::build(config, None)));
+    let live = Arc::new(ArcSwap::from_pointee(Live::build(config, None, threads)));
     let services = worker::services(&live.load());
 
     for (addr, _) in &services {
@@ -104,7 +103,10 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
         }
     }
     let shutdown = Shutdown::default();
-    let global_conns = Arc::new(AtomicUsize::new(0));
+    crate::stats::counters::PROCESS.last_reload_ok.store(
+        crate::stats::counters::unix_now(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
     for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -113,7 +115,6 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
             listeners,
             live: live.clone(),
             shutdown: shutdown.clone(),
-            global_conns: global_conns.clone(),
             pin_cpu: opts.pin_cpus.then_some(id % ncpu),
         };
         let h = std::thread::Builder::new()
@@ -132,13 +133,21 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
 
 /// Reload: read and validate the file, then swap. A broken file changes nothing.
 pub fn reload(live: &ArcSwap<Live>, path: &std::path::Path) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::stats::counters::PROCESS
+                .reloads_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e.to_string());
+        }
+    };
     for w in &config.warnings {
         crate::warn!("{}", w.short());
     }
     let old = live.load();
     let old_services = worker::services(&old);
-    let new = Live::build(config, Some(&old));
+    let new = Live::build(config, Some(&old), old.workers);
     let new_services = worker::services(&new);
     if old_services
         .iter()
@@ -150,6 +159,13 @@ pub fn reload(live: &ArcSwap<Live>, path: &std::path::Path) -> Result<(), String
         );
     }
     live.store(Arc::new(new));
+    let p = &crate::stats::counters::PROCESS;
+    p.reloads_ok
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    p.last_reload_ok.store(
+        crate::stats::counters::unix_now(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Ok(())
 }
 
@@ -160,6 +176,8 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
         .with_context(|| "cannot open the ErrorLog file".to_string())?;
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT])
         .context("cannot install signal handlers")?;
+    crate::accesslog::start(config.global.access_log.clone())
+        .with_context(|| "cannot open the AccessLog file".to_string())?;
     let running = start(config, opts)?;
     if let Some(p) = &opts.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
@@ -177,10 +195,20 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
     );
     for sig in signals.forever() {
         match sig {
-            SIGHUP => match reload(&running.live, config_path) {
-                Ok(()) => crate::info!("configuration reloaded from {}", config_path.display()),
-                Err(e) => crate::error!("reload failed, keeping the running configuration:\n{e}"),
-            },
+            SIGHUP => {
+                match reload(&running.live, config_path) {
+                    Ok(()) => crate::info!("configuration reloaded from {}", config_path.display()),
+                    Err(e) => {
+                        crate::error!("reload failed, keeping the running configuration:\n{e}")
+                    }
+                }
+                // Log files are reopened either way (logrotate moved them).
+                let g = &running.live.load().config.global;
+                crate::accesslog::reopen(g.access_log.clone());
+                if let Err(e) = crate::log::set_file(g.error_log.as_deref()) {
+                    crate::error!("cannot reopen the error log: {e}");
+                }
+            }
             SIGQUIT => {
                 crate::info!("SIGQUIT: exiting now");
                 std::process::exit(0);

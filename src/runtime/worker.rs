@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::net::listen::{Listener, Registered};
 use crate::net::splice::PipePool;
 use crate::runtime::live::Live;
 use crate::runtime::shutdown::Shutdown;
+use crate::stats::counters::PROCESS;
 use crate::upstream::pool::BackendPool;
 
 /// What a worker's tasks share (thread-local: `Rc`, no locks).
@@ -33,9 +34,11 @@ pub struct Worker {
     pub idle: RefCell<HashSet<RawFd>>,
     /// Reused buffer for the normalised path of the request being routed.
     pub path_scratch: RefCell<Vec<u8>>,
+    /// Access log lines not yet handed to the log thread.
+    pub log_buf: RefCell<Vec<u8>>,
+    /// The log's date for the current second: (unix second, `[dd/Mon/yyyy:...]`).
+    pub log_date: RefCell<(u64, String)>,
     pub shutdown: Shutdown,
-    /// Client connections open in the whole process (GlobalMaxConnections).
-    pub global_conns: Arc<AtomicUsize>,
 }
 
 /// What a listener serves.
@@ -51,7 +54,6 @@ pub struct WorkerSpec {
     pub listeners: Vec<(Listener, Service)>,
     pub live: Arc<ArcSwap<Live>>,
     pub shutdown: Shutdown,
-    pub global_conns: Arc<AtomicUsize>,
     pub pin_cpu: Option<usize>,
 }
 
@@ -84,9 +86,11 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             conns: Cell::new(0),
             idle: RefCell::new(HashSet::new()),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
+            log_buf: RefCell::new(Vec::new()),
+            log_date: RefCell::new((0, String::new())),
             shutdown: spec.shutdown,
-            global_conns: spec.global_conns,
         });
+        monoio::spawn(flush_log_every(w.clone(), Duration::from_millis(500)));
         let mut accepting = Vec::new();
         for (l, service) in spec.listeners {
             let addr = l.addr.clone();
@@ -109,6 +113,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
         w.backends.clear();
+        w.flush_log();
     });
     Ok(())
 }
@@ -128,7 +133,7 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
                 return;
             }
             if let Some(max) = w.live.load().config.global.global_max_connections {
-                if w.global_conns.load(Relaxed) >= max as usize {
+                if PROCESS.client_connections.load(Relaxed) >= u64::from(max) {
                     // Leave them in the kernel backlog (HAProxy's maxconn).
                     monoio::time::sleep(Duration::from_millis(5)).await;
                     break;
@@ -137,7 +142,7 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
             match l.try_accept() {
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
-                    w.global_conns.fetch_add(1, Relaxed);
+                    PROCESS.client_connections.fetch_add(1, Relaxed);
                     let w2 = w.clone();
                     monoio::spawn(async move {
                         let guard = ConnGuard(w2.clone());
@@ -162,13 +167,46 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
     }
 }
 
+impl Worker {
+    /// Append one access log line; hand the buffer over when it is full.
+    pub fn log_line(&self, e: &crate::accesslog::Entry) {
+        let now = crate::stats::counters::unix_now();
+        let mut date = self.log_date.borrow_mut();
+        if date.0 != now {
+            *date = (now, crate::accesslog::ncsa_date(now));
+        }
+        let mut buf = self.log_buf.borrow_mut();
+        crate::accesslog::format(&mut buf, date.1.as_bytes(), e);
+        if buf.len() >= crate::accesslog::FLUSH_AT {
+            crate::accesslog::submit(std::mem::take(&mut *buf));
+        }
+    }
+
+    pub fn flush_log(&self) {
+        let mut buf = self.log_buf.borrow_mut();
+        if !buf.is_empty() {
+            crate::accesslog::submit(std::mem::take(&mut *buf));
+        }
+    }
+}
+
+async fn flush_log_every(w: Rc<Worker>, every: Duration) {
+    loop {
+        monoio::time::sleep(every).await;
+        w.flush_log();
+        if w.shutdown.started() && w.conns.get() == 0 {
+            return;
+        }
+    }
+}
+
 /// Counts a connection out however its task ends.
 struct ConnGuard(Rc<Worker>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.conns.set(self.0.conns.get() - 1);
-        self.0.global_conns.fetch_sub(1, Relaxed);
+        PROCESS.client_connections.fetch_sub(1, Relaxed);
     }
 }
 

@@ -28,6 +28,9 @@ pub struct ServerState {
     pub offline_transitions: AtomicU64,
     /// Failed connects in total (statistics).
     pub connect_failures: AtomicU64,
+    /// Active health check results (statistics).
+    pub health_ok: AtomicU64,
+    pub health_failed: AtomicU64,
     /// fproxy's LeastBytes / LeastTime inputs.
     pub bytes: AtomicU64,
     pub busy_ms: AtomicU64,
@@ -44,6 +47,8 @@ impl ServerState {
             health_down: AtomicBool::new(false),
             offline_transitions: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            health_ok: AtomicU64::new(0),
+            health_failed: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             busy_ms: AtomicU64::new(0),
         }

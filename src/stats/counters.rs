@@ -1,0 +1,103 @@
+//! The counters themselves.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds (seconds) of the request duration histogram.
+pub const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One worker's counters for one route. Aligned so two workers never share a line.
+#[repr(align(128))]
+pub struct RouteCounters {
+    /// [server index (last = no server)][status class 1xx..5xx]
+    pub requests: Box<[[AtomicU64; 5]]>,
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    pub buckets: [AtomicU64; BUCKETS.len() + 1],
+    pub duration_sum_us: AtomicU64,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// Requests routed by each of the entry's patterns.
+    pub matches: Box<[AtomicU64]>,
+}
+
+/// A route's counters, one slot per worker.
+pub struct RouteStats {
+    pub workers: Box<[RouteCounters]>,
+}
+
+impl RouteStats {
+    pub fn new(workers: usize, servers: usize, patterns: usize) -> RouteStats {
+        let one = || RouteCounters {
+            requests: (0..=servers).map(|_| Default::default()).collect(),
+            buckets: Default::default(),
+            duration_sum_us: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            matches: (0..patterns).map(|_| AtomicU64::new(0)).collect(),
+        };
+        RouteStats {
+            workers: (0..workers.max(1)).map(|_| one()).collect(),
+        }
+    }
+
+    /// Count one finished request on worker `w`. `server` is None when simian
+    /// answered itself (502/503, 400 after routing...).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        w: usize,
+        server: Option<usize>,
+        pattern: usize,
+        status: u16,
+        micros: u64,
+        received: u64,
+        sent: u64,
+    ) {
+        let Some(c) = self.workers.get(w) else { return };
+        let row = server
+            .unwrap_or(c.requests.len() - 1)
+            .min(c.requests.len() - 1);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        c.requests[row][class].fetch_add(1, Relaxed);
+        let secs = micros as f64 / 1e6;
+        let b = BUCKETS
+            .iter()
+            .position(|&ub| secs <= ub)
+            .unwrap_or(BUCKETS.len());
+        c.buckets[b].fetch_add(1, Relaxed);
+        c.duration_sum_us.fetch_add(micros, Relaxed);
+        c.received.fetch_add(received, Relaxed);
+        c.sent.fetch_add(sent, Relaxed);
+        if let Some(m) = c.matches.get(pattern) {
+            m.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn sum<F: Fn(&RouteCounters) -> u64>(&self, f: F) -> u64 {
+        self.workers.iter().map(f).sum()
+    }
+}
+
+/// Process-wide numbers that are not per request.
+pub struct ProcessStats {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Unix time of the last successful (re)load.
+    pub last_reload_ok: AtomicU64,
+    pub client_connections: AtomicU64,
+}
+
+/// The one process's numbers.
+pub static PROCESS: ProcessStats = ProcessStats {
+    reloads_ok: AtomicU64::new(0),
+    reloads_failed: AtomicU64::new(0),
+    last_reload_ok: AtomicU64::new(0),
+    client_connections: AtomicU64::new(0),
+};
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

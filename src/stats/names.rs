@@ -1,0 +1,16 @@
+//! Every metric name in one place (SPEC section 5 fixes them).
+
+pub const REQUESTS: &str = "simian_requests_total";
+pub const DURATION: &str = "simian_request_duration_seconds";
+pub const RECEIVED: &str = "simian_received_bytes_total";
+pub const SENT: &str = "simian_sent_bytes_total";
+pub const MATCHES: &str = "simian_match_requests_total";
+pub const CLIENT_CONNECTIONS: &str = "simian_client_connections";
+pub const SERVER_UP: &str = "simian_server_up";
+pub const SERVER_ACTIVE: &str = "simian_server_active_requests";
+pub const SERVER_CONNECT_FAILURES: &str = "simian_server_connect_failures_total";
+pub const SERVER_OFFLINE_TRANSITIONS: &str = "simian_server_offline_transitions_total";
+pub const HEALTH_CHECKS: &str = "simian_health_checks_total";
+pub const RELOADS: &str = "simian_config_reloads_total";
+pub const LAST_RELOAD: &str = "simian_config_last_reload_success_timestamp_seconds";
+pub const BUILD_INFO: &str = "simian_build_info";
