@@ -132,12 +132,26 @@ fn contended(kind: Balancer, n: usize) -> f64 {
     rounds[rounds.len() / 2]
 }
 
+/// The loop's own cost: a balancer that always answers server 0.
+struct Baseline;
+
+impl Balance for Baseline {
+    fn pick(&self, _: &PickContext) -> Option<usize> {
+        Some(0)
+    }
+}
+
 fn main() {
     let clients = clients();
     let small = (specs(8), states(&specs(8), false));
     let large = (specs(256), states(&specs(256), false));
     println!("| balancer | 8 servers (ns/pick) | 256 servers (ns/pick) |");
     println!("|---|---:|---:|");
+    let (a, b) = (
+        ns_per_pick(&Baseline, &small.1, &clients),
+        ns_per_pick(&Baseline, &large.1, &clients),
+    );
+    println!("| (loop baseline: `Some(0)`) | {a:.1} | {b:.1} |");
     for kind in Balancer::ALL {
         let a = ns_per_pick(&*balance::build(kind, &small.0), &small.1, &clients);
         let b = ns_per_pick(&*balance::build(kind, &large.0), &large.1, &clients);

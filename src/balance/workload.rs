@@ -9,8 +9,8 @@
 //! are unitless and each lies in 0..=1. Requests in flight weigh double because they
 //! are the only present-tense signal; bytes and time are history, which evens out
 //! the long run, while `active` stops a newly added server (zero history) from
-//! taking every request until it catches up. Two passes over the servers: the sums,
-//! then the minimum.
+//! taking every request until it catches up. Two passes over the servers (the sums,
+//! then the minimum), in 64-bit fixed point.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -26,37 +26,35 @@ impl Balance for Workload {
         let load = |i: usize| {
             let s = &cx.servers[i];
             (
-                s.active.load(Relaxed),
+                u64::from(s.active.load(Relaxed)),
                 s.bytes.load(Relaxed),
                 s.busy_ms.load(Relaxed),
             )
         };
-        scores(cx, load)
+        let (mut active, mut bytes, mut busy) = (0u64, 0u64, 0u64);
+        for i in 0..cx.servers.len() {
+            let (a, b, t) = load(i);
+            active = active.saturating_add(a);
+            bytes = bytes.saturating_add(b);
+            busy = busy.saturating_add(t);
+        }
+        let (sa, ka) = share(active, ACTIVE_WEIGHT);
+        let (sb, kb) = share(bytes, 1);
+        let (st, kt) = share(busy, 1);
+        least_by_index(cx, |i| {
+            let (a, b, t) = load(i);
+            // Saturating: a counter may have grown past its total since the sums.
+            ((a >> sa).saturating_mul(ka))
+                .saturating_add((b >> sb).saturating_mul(kb))
+                .saturating_add((t >> st).saturating_mul(kt))
+        })
     }
 }
 
-#[inline]
-fn scores(cx: &PickContext, load: impl Fn(usize) -> (u32, u64, u64)) -> Option<usize> {
-    let n = cx.servers.len();
-    let (mut active, mut bytes, mut busy) = (0u64, 0u64, 0u64);
-    for i in 0..n {
-        let (a, b, t) = load(i);
-        active += u64::from(a);
-        bytes = bytes.wrapping_add(b);
-        busy = busy.wrapping_add(t);
-    }
-    let (sa, ka) = share(active, ACTIVE_WEIGHT);
-    let (sb, kb) = share(bytes, 1);
-    let (st, kt) = share(busy, 1);
-    least_by_index(cx, |i| {
-        let (a, b, t) = load(i);
-        (u64::from(a) >> sa) * ka + (b >> sb) * kb + (t >> st) * kt
-    })
-}
-
-/// Fixed point for `weight · x / total` as `(x >> shift) · k`: the total is
-/// shifted into 32 bits and `k = weight · 2^60 / total`, so each term is at most
-/// `weight · 2^60` and the sum of the three fits in 64 bits, with 2^-28 precision.
+/// Fixed point for `weight · x / total` as `(x >> shift) · k`: the total is shifted
+/// into 32 bits and `k = weight · 2^60 / total`, so a term is at most
+/// `weight · 2^60`, the three add up within 64 bits, and the precision is 2^-28.
+/// Integers rather than floats: the u64 to f64 conversions made it twice as slow.
 fn share(total: u64, weight: u64) -> (u32, u64) {
     let shift = (64 - total.leading_zeros()).saturating_sub(32);
     (shift, weight * ((1u64 << 60) / (total >> shift).max(1)))
@@ -99,6 +97,19 @@ mod tests {
         load(&servers[1], 10, 1_000_000_000, 1000);
         // s0 = 0 + 0.9 + 0.5 = 1.4; s1 = 2 + 0.1 + 0.5 = 2.6.
         assert_eq!(Workload.pick(&cx(&servers, &tried)), Some(0));
+    }
+
+    #[test]
+    fn huge_counters_do_not_overflow() {
+        let servers = servers(3);
+        let tried = Tried::new(3);
+        load(&servers[0], u32::MAX, u64::MAX / 2, u64::MAX / 2);
+        load(&servers[1], u32::MAX, u64::MAX / 2, u64::MAX / 2);
+        load(&servers[2], 1, u64::MAX / 4, 1);
+        assert_eq!(Workload.pick(&cx(&servers, &tried)), Some(2));
+        // A counter grown past the totals between the two passes saturates.
+        assert_eq!(share(10, 1), (0, (1 << 60) / 10));
+        assert_eq!(share(u64::MAX, 2).0, 32);
     }
 
     #[test]

@@ -44,6 +44,21 @@ impl Method {
     }
 }
 
+impl Method {
+    /// RFC 9110 9.2.2: safe to send again if the first attempt got no answer.
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Options
+                | Method::Trace
+                | Method::Put
+                | Method::Delete
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
     None,

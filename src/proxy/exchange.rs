@@ -116,10 +116,7 @@ async fn exchange_inner(
     }
     // Replayable: everything the backend will get is in `out` right now, and the
     // method is idempotent (RFC 9110 9.2.2).
-    let idempotent = matches!(
-        head.method,
-        Method::Get | Method::Head | Method::Options | Method::Trace | Method::Put | Method::Delete
-    );
+    let idempotent = head.method.is_idempotent();
     let replayable = req.reused
         && idempotent
         && rest == 0
@@ -339,6 +336,11 @@ async fn read_response(
             }
         }
         let was_empty = rbuf.is_empty();
+        if was_empty {
+            // The request was just sent: the answer cannot be there yet, so wait for
+            // it instead of paying a read that returns EAGAIN.
+            nio::readable(backend, t).await.map_err(ReadError::Io)?;
+        }
         match nio::read(backend, rbuf, http::MAX_HEAD + 1, t).await {
             Ok(0) if was_empty => {
                 return Err(ReadError::Closed(io::Error::new(

@@ -331,6 +331,9 @@ async fn proxy(
     let rt = &live.entries[entry_index];
     let idle = config.global.idle_timeout;
 
+    // Could this request be sent again if a pooled connection turns out dead?
+    let replayable =
+        head.framing == BodyFraming::None && !head.expect_continue && head.method.is_idempotent();
     let mut tried = Tried::new(rt.servers.len());
     let mut any_available = false;
     let mut last_error = String::from("no server available");
@@ -359,7 +362,10 @@ async fn proxy(
         let addr = &server.spec.addr;
         let mut fresh_retry = false;
         loop {
-            let (backend, reused) = match (!fresh_retry).then(|| w.backends.take(addr)).flatten() {
+            let (backend, reused) = match (!fresh_retry)
+                .then(|| w.backends.take(addr, replayable))
+                .flatten()
+            {
                 Some(b) => (b, true),
                 None => match connect(addr, entry.timeouts.connect).await {
                     Ok(b) => {

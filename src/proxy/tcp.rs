@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::balance::{PickContext, Tried};
+use crate::config::Address;
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
@@ -13,13 +14,19 @@ use crate::proxy::tunnel;
 use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
 
-pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, entry_index: usize) {
+pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address) {
     let live = w.live.load_full();
-    // The listener was opened for an entry of the config current at accept time; a
-    // reload may have reordered entries, so fall back to a lookup by listener.
-    let Some(entry) = live.config.entries.get(entry_index) else {
+    // The entry that owns this listener in the configuration current now (a
+    // reload may have reordered or renamed entries).
+    let Some(entry_index) = live
+        .config
+        .entries
+        .iter()
+        .position(|e| e.listen.iter().any(|l| l.addr == *listen))
+    else {
         return;
     };
+    let entry = &live.config.entries[entry_index];
     let rt = &live.entries[entry_index];
     let idle = entry.timeouts.idle;
 

@@ -30,9 +30,11 @@ pub struct RunOptions {
 /// A running proxy (the handle `demo` and tests use to stop it).
 pub struct Running {
     pub shutdown: Shutdown,
+    /// One control channel per worker (new and closed listeners on reload).
+    ctrl: Vec<flume::Sender<worker::Ctrl>>,
     pub live: Arc<ArcSwap<Live>>,
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-    /// Actual addresses bound (port 0 resolved), http listeners first.
+    /// TCP addresses listened on, http listeners first.
     pub bound: Vec<std::net::SocketAddr>,
 }
 
@@ -78,27 +80,13 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
     for (addr, _) in &services {
         probe_free(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
-    // Unix sockets: one socket shared by all workers. TCP: one per worker
-    // (SO_REUSEPORT), the first bound here so that port 0 resolves once.
     let mut per_worker: Vec<Vec<(Listener, Service)>> = (0..threads).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for (addr, service) in &services {
-        let first = Listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let actual = match (addr, first.local_addr()) {
-            (Address::Inet(_), Some(a)) => Address::Inet(a),
-            _ => addr.clone(),
-        };
-        if let Address::Inet(a) = actual {
-            bound.push(a);
+        if let Address::Inet(a) = addr {
+            bound.push(*a);
         }
-        for (i, list) in per_worker.iter_mut().enumerate() {
-            let l = if i == 0 {
-                first.try_clone()?
-            } else if matches!(addr, Address::Unix(_)) {
-                first.try_clone()?
-            } else {
-                Listener::bind(&actual).with_context(|| format!("cannot listen on {actual}"))?
-            };
+        for (list, l) in per_worker.iter_mut().zip(bind_for_workers(addr, threads)?) {
             list.push((l, *service));
         }
     }
@@ -109,8 +97,12 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
     );
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
+    let mut ctrl = Vec::new();
     for (id, listeners) in per_worker.into_iter().enumerate() {
+        let (tx, rx) = flume::unbounded();
+        ctrl.push(tx);
         let spec = WorkerSpec {
+            ctrl: rx,
             id,
             listeners,
             live: live.clone(),
@@ -125,48 +117,99 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
     }
     Ok(Running {
         shutdown,
+        ctrl,
         live,
         threads: handles,
         bound,
     })
 }
 
-/// Reload: read and validate the file, then swap. A broken file changes nothing.
-pub fn reload(live: &ArcSwap<Live>, path: &std::path::Path) -> Result<(), String> {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::stats::counters::PROCESS
-                .reloads_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(e.to_string());
+/// Bind one listener per worker for `addr` (TCP: SO_REUSEPORT, one each; unix:
+/// one socket shared).
+fn bind_for_workers(addr: &Address, workers: usize) -> anyhow::Result<Vec<Listener>> {
+    let first = Listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let mut out = Vec::with_capacity(workers);
+    for i in 0..workers {
+        out.push(if i == 0 || matches!(addr, Address::Unix(_)) {
+            first.try_clone()?
+        } else {
+            Listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?
+        });
+    }
+    Ok(out)
+}
+
+impl Running {
+    /// Reload: read and validate the file, open the listeners it adds, then swap
+    /// and close the listeners it dropped. A broken file, or a new address that
+    /// cannot be bound, changes nothing.
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &crate::stats::counters::PROCESS;
+        let r = self.try_reload(path);
+        match &r {
+            Ok(()) => {
+                p.reloads_ok.fetch_add(1, Relaxed);
+                p.last_reload_ok
+                    .store(crate::stats::counters::unix_now(), Relaxed);
+            }
+            Err(_) => {
+                p.reloads_failed.fetch_add(1, Relaxed);
+            }
         }
-    };
-    for w in &config.warnings {
-        crate::warn!("{}", w.short());
+        r
     }
-    let old = live.load();
-    let old_services = worker::services(&old);
-    let new = Live::build(config, Some(&old), old.workers);
-    let new_services = worker::services(&new);
-    if old_services
-        .iter()
-        .map(|s| &s.0)
-        .ne(new_services.iter().map(|s| &s.0))
-    {
-        crate::warn!(
-            "reload: Listen addresses changed; listeners are kept as they were until a restart"
-        );
+
+    fn try_reload(&self, path: &std::path::Path) -> Result<(), String> {
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        if let Some(l) = config.global.listen.iter().find(|l| l.tls) {
+            return Err(format!(
+                "Listen {} tls: TLS termination is not implemented in this version",
+                l.addr
+            ));
+        }
+        for w in &config.warnings {
+            crate::warn!("{}", w.short());
+        }
+        let old = self.live.load();
+        let old_services = worker::services(&old);
+        let new = Live::build(config, Some(&old), old.workers);
+        let new_services = worker::services(&new);
+        // Kept addresses keep their sockets: no gap for them.
+        let added: Vec<_> = new_services
+            .iter()
+            .filter(|s| !old_services.contains(s))
+            .collect();
+        let removed: Vec<_> = old_services
+            .iter()
+            .filter(|s| !new_services.contains(s))
+            .collect();
+        let mut opened = Vec::new();
+        for (addr, service) in &added {
+            let busy_elsewhere = old_services.iter().any(|(a, _)| a == addr);
+            if !busy_elsewhere {
+                probe_free(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            }
+            let ls = bind_for_workers(addr, self.ctrl.len()).map_err(|e| format!("{e:#}"))?;
+            opened.push((ls, *service));
+        }
+        self.live.store(Arc::new(new));
+        for (addr, _) in removed {
+            for tx in &self.ctrl {
+                let _ = tx.send(worker::Ctrl::Close(addr.clone()));
+            }
+            crate::info!("reload: stopped listening on {addr}");
+        }
+        for (ls, service) in opened {
+            for (l, tx) in ls.into_iter().zip(&self.ctrl) {
+                let addr = l.addr.clone();
+                if tx.send(worker::Ctrl::Listen(l, service)).is_err() {
+                    crate::error!("reload: a worker is gone; {addr} not opened on it");
+                }
+            }
+        }
+        Ok(())
     }
-    live.store(Arc::new(new));
-    let p = &crate::stats::counters::PROCESS;
-    p.reloads_ok
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    p.last_reload_ok.store(
-        crate::stats::counters::unix_now(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    Ok(())
 }
 
 /// Run in the foreground until a signal stops us (the `simian -c FILE` command).
@@ -196,7 +239,7 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
     for sig in signals.forever() {
         match sig {
             SIGHUP => {
-                match reload(&running.live, config_path) {
+                match running.reload(config_path) {
                     Ok(()) => crate::info!("configuration reloaded from {}", config_path.display()),
                     Err(e) => {
                         crate::error!("reload failed, keeping the running configuration:\n{e}")

@@ -2,8 +2,8 @@
 //! pipes and backend connection pool. Nothing here is shared with other workers
 //! but the `Live` configuration and the per-server atomics inside it.
 
+use rustc_hash::FxHashSet;
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::*;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Mode;
+use crate::config::{Address, Mode};
 use crate::net::buffer::BufPool;
 use crate::net::listen::{Listener, Registered};
 use crate::net::splice::PipePool;
@@ -31,7 +31,7 @@ pub struct Worker {
     /// Client connections open on this worker.
     pub conns: Cell<usize>,
     /// Client connections waiting for their next request: closed at once on shutdown.
-    pub idle: RefCell<HashSet<RawFd>>,
+    pub idle: RefCell<FxHashSet<RawFd>>,
     /// Reused buffer for the normalised path of the request being routed.
     pub path_scratch: RefCell<Vec<u8>>,
     /// Access log lines not yet handed to the log thread.
@@ -42,16 +42,26 @@ pub struct Worker {
 }
 
 /// What a listener serves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
     Http,
-    /// A tcp entry, by index in the config it was opened for.
-    Tcp(usize),
+    /// A tcp entry: the one whose `Listen` has this address in the configuration
+    /// current when a connection is accepted (a reload may reorder entries).
+    Tcp,
+}
+
+/// Orders from the control plane to a worker (reload).
+pub enum Ctrl {
+    /// Start accepting on a new listener.
+    Listen(Listener, Service),
+    /// Stop accepting on this address and close the socket.
+    Close(crate::config::Address),
 }
 
 pub struct WorkerSpec {
     pub id: usize,
     pub listeners: Vec<(Listener, Service)>,
+    pub ctrl: flume::Receiver<Ctrl>,
     pub live: Arc<ArcSwap<Live>>,
     pub shutdown: Shutdown,
     pub pin_cpu: Option<usize>,
@@ -84,24 +94,32 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             pipes: PipePool::default(),
             backends: BackendPool::default(),
             conns: Cell::new(0),
-            idle: RefCell::new(HashSet::new()),
+            idle: RefCell::new(FxHashSet::default()),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
             log_buf: RefCell::new(Vec::new()),
             log_date: RefCell::new((0, String::new())),
             shutdown: spec.shutdown,
         });
         monoio::spawn(flush_log_every(w.clone(), Duration::from_millis(500)));
-        let mut accepting = Vec::new();
+        let stops: Rc<RefCell<Vec<(Address, Rc<Cell<bool>>)>>> = Rc::default();
         for (l, service) in spec.listeners {
-            let addr = l.addr.clone();
-            match l.register() {
-                Ok(reg) => accepting.push(monoio::spawn(accept_loop(w.clone(), reg, service))),
-                Err(e) => crate::error!("worker {}: cannot register listener {addr}: {e}", w.id),
+            listen(&w, &stops, l, service);
+        }
+        let (w2, stops2, ctrl) = (w.clone(), stops.clone(), spec.ctrl);
+        monoio::spawn(async move {
+            while let Ok(msg) = ctrl.recv_async().await {
+                match msg {
+                    Ctrl::Listen(l, service) => listen(&w2, &stops2, l, service),
+                    Ctrl::Close(addr) => stops2.borrow_mut().retain(|(a, stop)| {
+                        if *a == addr {
+                            stop.set(true);
+                        }
+                        *a != addr
+                    }),
+                }
             }
-        }
-        for a in accepting {
-            a.await;
-        }
+        });
+        w.shutdown.wait().await;
         // Draining: idle keep-alive clients go now; busy ones finish their request
         // (their response carries `Connection: close`).
         for fd in w.idle.borrow().iter() {
@@ -118,10 +136,35 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
+fn listen(
+    w: &Rc<Worker>,
+    stops: &RefCell<Vec<(Address, Rc<Cell<bool>>)>>,
+    l: Listener,
+    service: Service,
+) {
+    let addr = l.addr.clone();
+    match l.register() {
+        Ok(reg) => {
+            let stop = Rc::new(Cell::new(false));
+            stops.borrow_mut().push((addr, stop.clone()));
+            monoio::spawn(accept_loop(w.clone(), reg, service, stop));
+        }
+        Err(e) => crate::error!("worker {}: cannot register listener {addr}: {e}", w.id),
+    }
+}
+
+/// Resolves when the listener must stop: shutdown, or a reload removed it. Polled:
+/// this is the control plane, a 50 ms check is free and needs no cross-thread wake.
+async fn stopped(w: &Worker, stop: &Cell<bool>) {
+    while !stop.get() && !w.shutdown.started() {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Cell<bool>>) {
     loop {
         monoio::select! {
-            _ = w.shutdown.wait() => return,
+            _ = stopped(&w, &stop) => return,
             r = l.readable() => if let Err(e) = r {
                 crate::error!("listener {}: {e}", l.addr);
                 monoio::time::sleep(Duration::from_millis(100)).await;
@@ -129,34 +172,41 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service) {
         }
         // Accept everything queued: one readiness wake for a burst.
         loop {
-            if w.shutdown.started() {
+            if w.shutdown.started() || stop.get() {
                 return;
             }
-            if let Some(max) = w.live.load().config.global.global_max_connections {
-                if PROCESS.client_connections.load(Relaxed) >= u64::from(max) {
-                    // Leave them in the kernel backlog (HAProxy's maxconn).
-                    monoio::time::sleep(Duration::from_millis(5)).await;
-                    break;
-                }
+            // Take the slot before accepting, so GlobalMaxConnections holds exactly
+            // across workers; above it connections wait in the kernel backlog
+            // (HAProxy's maxconn).
+            let before = PROCESS.client_connections.fetch_add(1, Relaxed);
+            let max = w.live.load().config.global.global_max_connections;
+            if max.is_some_and(|m| before >= u64::from(m)) {
+                PROCESS.client_connections.fetch_sub(1, Relaxed);
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                break;
             }
             match l.try_accept() {
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
-                    PROCESS.client_connections.fetch_add(1, Relaxed);
+                    let listen_addr = l.addr.clone();
                     let w2 = w.clone();
                     monoio::spawn(async move {
                         let guard = ConnGuard(w2.clone());
                         match service {
                             Service::Http => crate::proxy::http::serve(&w2, stream, peer).await,
-                            Service::Tcp(entry) => {
-                                crate::proxy::tcp::serve(&w2, stream, peer, entry).await
+                            Service::Tcp => {
+                                crate::proxy::tcp::serve(&w2, stream, peer, &listen_addr).await
                             }
                         }
                         drop(guard);
                     });
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    PROCESS.client_connections.fetch_sub(1, Relaxed);
+                    break;
+                }
                 Err(e) => {
+                    PROCESS.client_connections.fetch_sub(1, Relaxed);
                     // EMFILE and friends: back off instead of spinning on a full queue.
                     crate::error!("accept on {}: {e}", l.addr);
                     monoio::time::sleep(Duration::from_millis(50)).await;
@@ -220,9 +270,9 @@ pub fn services(live: &Live) -> Vec<(crate::config::Address, Service)> {
         .iter()
         .map(|l| (l.addr.clone(), Service::Http))
         .collect();
-    for (i, e) in c.entries.iter().enumerate() {
+    for e in &c.entries {
         if e.mode == Mode::Tcp {
-            out.extend(e.listen.iter().map(|l| (l.addr.clone(), Service::Tcp(i))));
+            out.extend(e.listen.iter().map(|l| (l.addr.clone(), Service::Tcp)));
         }
     }
     out

@@ -3,7 +3,8 @@
 //! the thread whose driver it is registered with.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::config::Address;
 use crate::net::Stream;
@@ -15,20 +16,30 @@ const MAX_IDLE_PER_SERVER: usize = 256;
 /// servers time idle keep-alive out around 5-75 s (nginx 75 s, Apache 5 s), and a
 /// request sent just as the server closes is the classic keep-alive race.
 const MAX_IDLE_MS: u64 = 4_000;
+/// A connection idle for less than this is reused without the MSG_PEEK liveness
+/// check (a syscall per request): a backend closing a keep-alive connection within
+/// half a second is rare, and an idempotent request that hits it is replayed.
+const PEEK_AFTER_MS: u64 = 500;
 
 #[derive(Default)]
 pub struct BackendPool {
-    idle: RefCell<HashMap<Address, Vec<(Stream, u64)>>>,
+    idle: RefCell<FxHashMap<Address, Vec<(Stream, u64)>>>,
 }
 
 impl BackendPool {
     /// A pooled connection to `addr` that still looks alive, newest first.
-    pub fn take(&self, addr: &Address) -> Option<Stream> {
+    /// `replayable`: the request can be resent if the connection turns out dead, so
+    /// a recently used connection is trusted without a liveness check.
+    pub fn take(&self, addr: &Address, replayable: bool) -> Option<Stream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(addr)?;
         let now = now_ms();
         while let Some((s, since)) = list.pop() {
-            if now.saturating_sub(since) < MAX_IDLE_MS && !s.is_stale() {
+            let age = now.saturating_sub(since);
+            if age >= MAX_IDLE_MS {
+                continue;
+            }
+            if (replayable && age < PEEK_AFTER_MS) || !s.is_stale() {
                 return Some(s);
             }
         }

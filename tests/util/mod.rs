@@ -220,7 +220,7 @@ impl Write for Conn {
 }
 
 /// A parsed message head (request or response).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Head {
     /// The start line, without CRLF.
     pub line: String,
@@ -228,6 +228,12 @@ pub struct Head {
     pub headers: Vec<(String, String)>,
     /// The head exactly as received, final CRLF included.
     pub raw: Vec<u8>,
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.raw))
+    }
 }
 
 impl Head {
@@ -272,10 +278,9 @@ impl Head {
 
     /// A comma-separated header contains `token` (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.get_all(name).iter().any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        self.get_all(name)
+            .iter()
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     }
 
     fn content_length(&self) -> Option<u64> {
@@ -383,7 +388,7 @@ impl Wire {
     /// A whole head (up to and including the empty line). `None` at EOF before
     /// any byte; an error at EOF inside a head.
     pub fn read_head(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let mut searched = 0;
+        let mut searched: usize = 0;
         loop {
             let avail = &self.buf[self.pos..];
             let from = searched.saturating_sub(3);
@@ -851,7 +856,15 @@ pub struct Backend {
 impl Backend {
     /// A backend on 127.0.0.1 (free port).
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Backend {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", handler)
+    }
+
+    /// A backend on this address (port 0 for a free one).
+    pub fn start_on(
+        addr: &str,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Backend {
+        let l = TcpListener::bind(addr).unwrap();
         let addr = l.local_addr().unwrap();
         let inner = Self::inner(Box::new(handler));
         let i = inner.clone();
@@ -934,7 +947,7 @@ impl Backend {
     /// The address as `ServerList` takes it.
     pub fn addr(&self) -> String {
         match &self.at {
-            Where::Tcp(a) => a.to_string(),
+            Where::Tcp(a) => a.to_string(), // `[::1]:P` for IPv6
             Where::Unix(p) => format!("unix:{}", p.display()),
         }
     }
@@ -973,6 +986,18 @@ impl Backend {
         self.raw()
             .iter()
             .any(|r| r.windows(needle.len()).any(|w| w == needle))
+    }
+
+    /// Wait until at least `n` requests arrived or `within` passed; the count.
+    pub fn wait_count(&self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let k = self.request_count();
+            if k >= n || Instant::now() >= deadline {
+                return k;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Wait until at least `n` requests arrived (or panic after `within`).
@@ -1133,7 +1158,9 @@ fn answer(wire: &mut Wire, req: &Request, reply: Reply) -> io::Result<bool> {
             Ok(true)
         }
         Reply::ChunkedPattern(sizes) => {
-            wire.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trail\r\n\r\n")?;
+            wire.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trail\r\n\r\n",
+            )?;
             let mut off = 0u64;
             for s in sizes {
                 wire.write_all(format!("{s:x}\r\n").as_bytes())?;
