@@ -42,11 +42,9 @@ impl Balance for Workload {
         let (sb, kb) = share(bytes, 1);
         let (st, kt) = share(busy, 1);
         least_by_index(cx, |i| {
+            // Clamped: a counter may have grown past its total since the sums.
             let (a, b, t) = load(i);
-            // Saturating: a counter may have grown past its total since the sums.
-            ((a >> sa).saturating_mul(ka))
-                .saturating_add((b >> sb).saturating_mul(kb))
-                .saturating_add((t >> st).saturating_mul(kt))
+            (a.min(active) >> sa) * ka + (b.min(bytes) >> sb) * kb + (t.min(busy) >> st) * kt
         })
     }
 }
@@ -107,7 +105,6 @@ mod tests {
         load(&servers[1], u32::MAX, u64::MAX / 2, u64::MAX / 2);
         load(&servers[2], 1, u64::MAX / 4, 1);
         assert_eq!(Workload.pick(&cx(&servers, &tried)), Some(2));
-        // A counter grown past the totals between the two passes saturates.
         assert_eq!(share(10, 1), (0, (1 << 60) / 10));
         assert_eq!(share(u64::MAX, 2).0, 32);
     }

@@ -2,6 +2,7 @@
 //! worker, the per-worker pool of idle connections, and availability rules.
 
 pub mod clock;
+pub mod health;
 pub mod pool;
 pub mod server;
 
