@@ -16,7 +16,11 @@ use util::*;
 
 fn installed(program: &str) -> bool {
     Command::new(program)
-        .arg(if program == "nginx" { "-v" } else { "--version" })
+        .arg(if program == "nginx" {
+            "-v"
+        } else {
+            "--version"
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -129,9 +133,19 @@ fn curl(args: &[&str]) -> String {
         .spawn()
         .expect("spawn curl");
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let st = child.wait().unwrap();
     assert!(st.success(), "curl {args:?} failed ({st}): {err}");
     out
@@ -168,7 +182,13 @@ fn curl_simian_nginx() {
         let path = |name: &str| out(name).display().to_string();
 
         // A small response.
-        let code = curl(&["-o", &path("small"), "-w", "%{http_code}", &format!("{base}/")]);
+        let code = curl(&[
+            "-o",
+            &path("small"),
+            "-w",
+            "%{http_code}",
+            &format!("{base}/"),
+        ]);
         assert_eq!(code, "200");
         assert_eq!(std::fs::read_to_string(out("small")).unwrap(), "nginx ok\n");
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balance::{PickContext, Tried};
+use crate::config::StickyKind;
 use crate::http::{self, BodyFraming, RequestError, RequestHead};
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
@@ -334,9 +335,14 @@ async fn proxy(
     // Could this request be sent again if a pooled connection turns out dead?
     let replayable =
         head.framing == BodyFraming::None && !head.expect_continue && head.method.is_idempotent();
+    let sticky_key = entry.sticky.as_ref().and_then(|st| {
+        crate::upstream::sticky::cookie_value(head.headers(buf), st.cookie.as_bytes())
+            .map(|v| (st.kind, crate::balance::stable_hash(v)))
+    });
     let mut tried = Tried::new(rt.servers.len());
     let mut any_available = false;
     let mut last_error = String::from("no server available");
+    let mut first_pick = true;
     loop {
         let now = now_ms();
         let cx = PickContext {
@@ -347,9 +353,14 @@ async fn proxy(
             tried: &tried,
             max_connections: entry.max_connections,
         };
-        let Some(i) = rt.balancer.pick(&cx) else {
-            break;
+        let sticky_first = if first_pick { sticky_key } else { None };
+        first_pick = false;
+        let pick = match sticky_first {
+            Some((StickyKind::Hash, key)) => crate::balance::rendezvous_with(key, &rt.salts, &cx),
+            Some((StickyKind::Table, key)) => sticky_table_pick(rt, key, &cx, entry, peer),
+            None => rt.balancer.pick(&cx),
         };
+        let Some(i) = pick else { break };
         tried.insert(i);
         let server = &rt.servers[i];
         if !server.try_acquire(now) {
@@ -402,6 +413,11 @@ async fn proxy(
                     };
                     if done.backend_reusable {
                         w.backends.put(addr, backend);
+                    }
+                    if let (Some((StickyKind::Table, key)), Some(table)) = (sticky_key, &rt.sticky)
+                    {
+                        // Remember (or move, after a failover) the cookie's server.
+                        table.assign(key, server, now_ms());
                     }
                     return served;
                 }
@@ -459,6 +475,31 @@ async fn proxy(
     );
     send_error(client, status, extra, w).await;
     Served::simian(status, None)
+}
+
+/// `StickyCookie NAME table`: the cookie's server while it is usable; else a new
+/// one from the entry's balancer (recorded once the request succeeds).
+fn sticky_table_pick(
+    rt: &crate::runtime::live::EntryRuntime,
+    key: u64,
+    cx: &PickContext,
+    entry: &crate::config::Entry,
+    peer: Peer,
+) -> Option<usize> {
+    let table = rt.sticky.as_ref()?;
+    if let Some(s) = table.get(key, cx.now_ms) {
+        match rt.servers.iter().position(|x| Arc::ptr_eq(x, &s)) {
+            Some(i) if cx.usable(i) => return Some(i),
+            Some(_) => crate::info!(
+                "entry {}: sticky server {} unavailable for client {}: reassigning its cookie",
+                entry.name,
+                s.spec.text,
+                show(peer)
+            ),
+            None => {}
+        }
+    }
+    rt.balancer.pick(cx)
 }
 
 /// One request in flight on a server: counts in `active` and keeps MaxConnections

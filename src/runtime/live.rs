@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::balance::{self, Balance};
 use crate::config::Config;
 use crate::stats::RouteStats;
+use crate::upstream::sticky::StickyTable;
 use crate::upstream::ServerState;
 
 pub struct EntryRuntime {
@@ -14,6 +15,10 @@ pub struct EntryRuntime {
     pub balancer: Box<dyn Balance>,
     /// Per-worker request counters of this route.
     pub stats: Arc<RouteStats>,
+    /// `StickyCookie NAME table`: cookie hash → server.
+    pub sticky: Option<Arc<StickyTable>>,
+    /// Per server: rendezvous salt (hash of the address as written).
+    pub salts: Vec<u64>,
 }
 
 pub struct Live {
@@ -63,10 +68,19 @@ impl Live {
                     }
                     _ => Arc::new(RouteStats::new(workers, e.servers.len(), e.patterns.len())),
                 };
+                let sticky = match &e.sticky {
+                    Some(st) if st.kind == crate::config::StickyKind::Table => Some(
+                        old.and_then(|o| o.sticky.clone())
+                            .unwrap_or_else(|| Arc::new(StickyTable::new(st.timeout))),
+                    ),
+                    _ => None,
+                };
                 EntryRuntime {
                     servers,
                     balancer: balance::build(e.balancer, &e.servers),
                     stats,
+                    sticky,
+                    salts: balance::salts(&e.servers),
                 }
             })
             .collect();

@@ -116,7 +116,8 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
         handles.push(h);
     }
     // Always started, even with no checks configured: a reload may turn them on.
-    crate::upstream::health::start(live.clone(), shutdown.clone()).context("cannot start the health checker")?;
+    crate::upstream::health::start(live.clone(), shutdown.clone())
+        .context("cannot start the health checker")?;
     Ok(Running {
         shutdown,
         ctrl,

@@ -31,17 +31,21 @@ struct Streak {
 
 /// Start the checker thread. It ends when `shutdown` starts.
 pub fn start(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) -> std::io::Result<()> {
-    std::thread::Builder::new().name("simian-health".into()).spawn(move || {
-        let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
-        let mut rt = match rt {
-            Ok(rt) => rt,
-            Err(e) => {
-                crate::error!("health checks disabled: cannot start their runtime: {e}");
-                return;
-            }
-        };
-        rt.block_on(run(live, shutdown));
-    })?;
+    std::thread::Builder::new()
+        .name("simian-health".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build();
+            let mut rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    crate::error!("health checks disabled: cannot start their runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(run(live, shutdown));
+        })?;
     Ok(())
 }
 
@@ -61,11 +65,19 @@ async fn run(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) {
                     continue;
                 }
                 let st = streaks.entry(Arc::as_ptr(s) as usize).or_default();
-                if st.last.is_some_and(|t| now.duration_since(t) < e.health.interval) {
+                if st
+                    .last
+                    .is_some_and(|t| now.duration_since(t) < e.health.interval)
+                {
                     continue;
                 }
                 st.last = Some(now);
-                round.push((s.clone(), e.health.clone(), e.timeouts.connect, e.name.clone()));
+                round.push((
+                    s.clone(),
+                    e.health.clone(),
+                    e.timeouts.connect,
+                    e.name.clone(),
+                ));
             }
         }
         let results = Rc::new(std::cell::RefCell::new(Vec::new()));
@@ -85,14 +97,23 @@ async fn run(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) {
             apply(&s, st, &h, ok, &name);
         }
         // Forget servers that left the configuration.
-        let alive: std::collections::HashSet<usize> =
-            l.entries.iter().flat_map(|rt| rt.servers.iter().map(|s| Arc::as_ptr(s) as usize)).collect();
+        let alive: std::collections::HashSet<usize> = l
+            .entries
+            .iter()
+            .flat_map(|rt| rt.servers.iter().map(|s| Arc::as_ptr(s) as usize))
+            .collect();
         streaks.retain(|k, _| alive.contains(k));
         monoio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn apply(s: &ServerState, st: &mut Streak, h: &crate::config::HealthSettings, ok: bool, entry: &str) {
+fn apply(
+    s: &ServerState,
+    st: &mut Streak,
+    h: &crate::config::HealthSettings,
+    ok: bool,
+    entry: &str,
+) {
     if ok {
         s.health_ok.fetch_add(1, Relaxed);
         st.ok += 1;
@@ -106,20 +127,31 @@ fn apply(s: &ServerState, st: &mut Streak, h: &crate::config::HealthSettings, ok
         st.ok = 0;
         if st.failed >= h.unhealthy_threshold && !s.health_down.swap(true, Relaxed) {
             s.offline_transitions.fetch_add(1, Relaxed);
-            crate::warn!("entry {entry}: server {} failed {} health checks: taken down", s.spec.text, st.failed);
+            crate::warn!(
+                "entry {entry}: server {} failed {} health checks: taken down",
+                s.spec.text,
+                st.failed
+            );
         }
     }
 }
 
 /// One check: a TCP connect, or `GET PATH` wanting a 2xx/3xx status.
 async fn check(s: &ServerState, kind: &HealthCheck, timeout: Duration) -> bool {
-    let Ok(conn) = connect(&s.spec.addr, timeout).await else { return false };
-    let HealthCheck::Http(path) = kind else { return true };
+    let Ok(conn) = connect(&s.spec.addr, timeout).await else {
+        return false;
+    };
+    let HealthCheck::Http(path) = kind else {
+        return true;
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: simian-health-check\r\nConnection: close\r\n\r\n",
         s.spec.text
     );
-    if nio::write_all(&conn, req.as_bytes(), timeout).await.is_err() {
+    if nio::write_all(&conn, req.as_bytes(), timeout)
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut buf = Vec::with_capacity(1024);
@@ -129,7 +161,10 @@ async fn check(s: &ServerState, kind: &HealthCheck, timeout: Duration) -> bool {
     loop {
         if let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line = &buf[..end];
-            let status = line.split(|&b| b == b' ').nth(1).and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok());
+            let status = line
+                .split(|&b| b == b' ')
+                .nth(1)
+                .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok());
             return matches!(status, Some(200..=399));
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -5,5 +5,6 @@ pub mod clock;
 pub mod health;
 pub mod pool;
 pub mod server;
+pub mod sticky;
 
 pub use server::ServerState;
