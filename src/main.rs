@@ -35,6 +35,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Forward(args)) => {
+            let (config, text) = match cli::forward::config(args) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("simian forward: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            if cli.check {
+                print!("{}", cli::check::route_table(&config));
+                return Ok(ExitCode::SUCCESS);
+            }
+            simian::log::set_level(&cli.log_level).map_err(anyhow::Error::msg)?;
+            // SIGHUP re-reads "the file": give it one, holding these arguments.
+            let path =
+                std::env::temp_dir().join(format!("simian-forward-{}.conf", std::process::id()));
+            std::fs::write(&path, text)?;
+            let opts = simian::runtime::RunOptions {
+                threads: cli.threads,
+                pid_file: cli.pid_file.clone(),
+                pin_cpus: cli.pin_cpus,
+            };
+            let r = simian::runtime::run(config, &path, &opts);
+            let _ = std::fs::remove_file(&path);
+            r.map(|_| ExitCode::SUCCESS)
+        }
         Some(Command::Demo { listen }) => simian::demo::run(listen).map(|_| ExitCode::SUCCESS),
         None if cli.check => {
             let Some(config) = load(&cli)? else {

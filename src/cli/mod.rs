@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod explain;
+pub mod forward;
 
 use std::path::PathBuf;
 
@@ -23,8 +24,9 @@ pub struct Cli {
     /// Configuration file
     #[arg(short = 'c', long = "config", value_name = "FILE", global = true, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Validate the configuration, print the route table and exit (0 valid, 1 invalid)
-    #[arg(long)]
+    /// Validate the configuration (or `forward`'s arguments), print the route table
+    /// and exit (0 valid, 1 invalid)
+    #[arg(long, global = true)]
     pub check: bool,
     /// Worker threads (overrides `Threads`)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -55,6 +57,9 @@ pub enum Command {
         /// A URL (http://host/path?q) or a path (/path?q)
         url: String,
     },
+    /// Forward TCP without a configuration file (fproxy/eproxy style):
+    /// `simian forward [OPTIONS] LISTEN... -- BACKEND...` or `simian forward 8080 10.0.0.1 80`
+    Forward(forward::ForwardArgs),
     /// Run three built-in backends and the proxy in front of them, and print what to try
     Demo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
