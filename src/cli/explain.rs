@@ -61,13 +61,157 @@ pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Optio
             config.router.pattern(m.pattern)
         );
     }
-    if client.is_some() || cookie.is_some() {
-        let _ = writeln!(
-            o,
-            "   (the server choice for a given client or cookie is not computed by this version)"
-        );
-    }
+    choose_server(&mut o, config, first.entry, client, cookie);
     o
+}
+
+/// Which server the entry's balancer would pick now, with the servers' state read
+/// from a running simian (its statistics JSON) when one answers, else all up.
+fn choose_server(
+    o: &mut String,
+    config: &Config,
+    entry: usize,
+    client: Option<IpAddr>,
+    cookie: Option<&str>,
+) {
+    use crate::balance::{self, PickContext, Tried};
+    use crate::config::StickyKind;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let e = &config.entries[entry];
+    let servers: Vec<std::sync::Arc<crate::upstream::ServerState>> = e
+        .servers
+        .iter()
+        .map(|s| std::sync::Arc::new(crate::upstream::ServerState::new(s.clone())))
+        .collect();
+    let now = crate::upstream::clock::now_ms();
+    match live_state(config) {
+        Some((from, json)) => {
+            let _ = writeln!(o, "   server state read from the running simian at {from}:");
+            let route = json["routes"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["route"] == e.name.as_str()));
+            for s in &servers {
+                let st = route
+                    .and_then(|r| r["servers"].as_array())
+                    .and_then(|l| l.iter().find(|x| x["server"] == s.spec.text.as_str()));
+                let Some(st) = st else { continue };
+                if st["up"] == false {
+                    if st["health_down"] == true {
+                        s.health_down.store(true, Relaxed);
+                    } else {
+                        let left = st["offline_for_ms"].as_u64().unwrap_or(0).max(1);
+                        s.offline_until.store(now + left, Relaxed);
+                    }
+                }
+                s.active
+                    .store(st["active_requests"].as_u64().unwrap_or(0) as u32, Relaxed);
+            }
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "   no running simian answered on the statistics URL: assuming every server is up"
+            );
+        }
+    }
+    for s in &servers {
+        let mut why = Vec::new();
+        if s.health_down.load(Relaxed) {
+            why.push("down by health checks".to_string());
+        } else if s.is_offline(now) {
+            let left = s.offline_until.load(Relaxed).saturating_sub(now);
+            why.push(format!("offline after failed connects, {left} ms left"));
+        }
+        if let Some(m) = e.max_connections {
+            let a = s.active.load(Relaxed);
+            if a >= m {
+                why.push(format!("at MaxConnections ({a}/{m})"));
+            }
+        }
+        if !why.is_empty() {
+            let _ = writeln!(o, "     {} is skipped: {}", s.spec.text, why.join(", "));
+        }
+    }
+    let tried = Tried::new(servers.len());
+    let cx = PickContext {
+        servers: &servers,
+        client_ip: client,
+        client_port: 0,
+        now_ms: now,
+        tried: &tried,
+        max_connections: e.max_connections,
+    };
+    let balancer = balance::build(e.balancer, &e.servers);
+    let cookie_value = cookie
+        .and_then(|c| c.split_once('='))
+        .filter(|(n, _)| e.sticky.as_ref().is_some_and(|s| s.cookie == *n));
+    let (pick, how) = match (&e.sticky, cookie_value) {
+        (Some(st), Some((_, v))) if st.kind == StickyKind::Hash => (
+            balance::rendezvous_with(balance::stable_hash(v.as_bytes()), &balance::salts(&e.servers), &cx),
+            format!("cookie {}={v} by rendezvous hash (the same on every instance)", st.cookie),
+        ),
+        (Some(st), Some((_, v))) => (
+            balancer.pick(&cx),
+            format!(
+                "cookie {}={v}: the sticky table lives in the running process; a value it has not seen goes to the balancer's pick",
+                st.cookie
+            ),
+        ),
+        _ => (balancer.pick(&cx), format!("balancer {}", e.balancer.name())),
+    };
+    match pick {
+        Some(i) => {
+            let _ = writeln!(o, "-> server {} ({how})", servers[i].spec.text);
+            if matches!(
+                e.balancer,
+                crate::config::Balancer::RoundRobin
+                    | crate::config::Balancer::LockingRoundRobin
+                    | crate::config::Balancer::WeightedRoundRobin
+                    | crate::config::Balancer::Random
+            ) && cookie_value.is_none()
+            {
+                let _ = writeln!(
+                    o,
+                    "   ({} moves on with every request: this is its first pick)",
+                    e.balancer.name()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(o, "-> no server can take it now: simian answers 503");
+        }
+    }
+}
+
+/// Fetch `?format=json` from the first http listener of the configuration.
+fn live_state(config: &Config) -> Option<(String, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let url = config.global.statistics_url.as_ref()?;
+    let l = config.global.listen.first()?;
+    let crate::config::Address::Inet(mut addr) = l.addr else {
+        return None;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let t = std::time::Duration::from_millis(500);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t).ok()?;
+    s.set_read_timeout(Some(t)).ok()?;
+    write!(
+        s,
+        "GET {url}?format=json HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).ok()?;
+    let start = body.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let json = serde_json::from_slice(&body[start..]).ok()?;
+    Some((addr.to_string(), json))
 }
 
 #[cfg(test)]
