@@ -14,7 +14,8 @@ pub fn describe(rule: &Rule) -> String {
         Rule::unix_addr | Rule::ipv6_addr | Rule::host_port | Rule::host | Rule::ipv6_host => {
             "an address (1.2.3.4:80, [::1]:80, host:80 or unix:/path)"
         }
-        Rule::weight => "an address or weight=N",
+        Rule::weight => "weight=N",
+        Rule::unix_path => "a socket path after `unix:`",
         Rule::port => "a port number",
         Rule::pattern => "a regular expression",
         Rule::entry_name => "a name (letters, digits, '_', '-', '.')",

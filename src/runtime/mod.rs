@@ -4,6 +4,7 @@
 //! validates a new configuration on SIGHUP and swaps it into the `ArcSwap` the
 //! workers read; SIGTERM/SIGINT start a graceful drain; SIGQUIT exits at once.
 
+pub mod isolate;
 pub mod live;
 pub mod shutdown;
 pub mod worker;

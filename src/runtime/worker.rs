@@ -16,6 +16,7 @@ use crate::config::{Address, Mode};
 use crate::net::buffer::BufPool;
 use crate::net::listen::{Listener, Registered};
 use crate::net::splice::PipePool;
+use crate::runtime::isolate::Isolated;
 use crate::runtime::live::Live;
 use crate::runtime::shutdown::Shutdown;
 use crate::stats::counters::PROCESS;
@@ -192,11 +193,19 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
                     let w2 = w.clone();
                     monoio::spawn(async move {
                         let guard = ConnGuard(w2.clone());
-                        match service {
-                            Service::Http => crate::proxy::http::serve(&w2, stream, peer).await,
-                            Service::Tcp => {
-                                crate::proxy::tcp::serve(&w2, stream, peer, &listen_addr).await
+                        let conn = async {
+                            match service {
+                                Service::Http => crate::proxy::http::serve(&w2, stream, peer).await,
+                                Service::Tcp => {
+                                    crate::proxy::tcp::serve(&w2, stream, peer, &listen_addr).await
+                                }
                             }
+                        };
+                        if Isolated(Box::pin(conn)).await.is_err() {
+                            crate::error!(
+                                "worker {}: a connection task panicked (bug); connection closed",
+                                w2.id
+                            );
                         }
                         drop(guard);
                     });
