@@ -15,6 +15,9 @@ use crate::net::{io as nio, Stream};
 use crate::proxy::{body, tunnel};
 use crate::runtime::worker::Worker;
 
+/// How long to wait for a backend's `100 Continue` before sending the body anyway.
+const EXPECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How an exchange ended, when the client got a complete response.
 pub struct Done {
     /// Offset in the request buffer just past this request (pipelined bytes follow).
@@ -137,21 +140,30 @@ async fn exchange_inner(
         let mut early: Option<http::ResponseHead> = None;
         if wait_continue {
             // The client waits for 100 before sending its body: read the backend's
-            // answer first and relay the 100, or take its final response as is.
-            let rh = read_response(backend, &mut rbuf, false, bt)
-                .await
-                .map_err(|e| e.into_fail(false))?;
-            if rh.status == 100 {
-                nio::write_all(client, &rbuf[..rh.head_len], idle)
-                    .await
-                    .map_err(|e| Fail::Abort(format!("client: {e}")))?;
-                rbuf.drain(..rh.head_len);
+            // answer first and relay the 100, or take its final response as is. A
+            // backend that says nothing for a second (HTTP/1.0, or one ignoring
+            // Expect) gets the body anyway, as curl itself does after a second.
+            let first = read_response(backend, &mut rbuf, false, bt.min(EXPECT_WAIT)).await;
+            let send_body = match first {
+                Ok(rh) if rh.status == 100 => {
+                    nio::write_all(client, &rbuf[..rh.head_len], idle)
+                        .await
+                        .map_err(|e| Fail::Abort(format!("client: {e}")))?;
+                    rbuf.drain(..rh.head_len);
+                    true
+                }
+                Ok(rh) => {
+                    early = Some(rh);
+                    false
+                }
+                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => true,
+                Err(e) => return Err(e.into_fail(false)),
+            };
+            if send_body {
                 // The body: what came with the head first, then the socket.
                 nio::write_all(backend, &buf[body_start..body_start + in_buf], bt)
                     .await
                     .map_err(|e| backend_error(&e))?;
-            } else {
-                early = Some(rh);
             }
         }
         if early.is_none() {
