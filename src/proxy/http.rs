@@ -52,7 +52,10 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
                 return;
             }
         };
-        match handle(w, &live, &client, peer, &mut buf, &head).await {
+        // Boxed: the request's state machine (exchange, bodies, tunnels) is several
+        // KiB; inline, every idle keep-alive connection would carry it. One
+        // allocation per request buys an idle connection of a few hundred bytes.
+        match Box::pin(handle(w, &live, &client, peer, &mut buf, &head)).await {
             Some(consumed) => {
                 buf.drain(..consumed.min(buf.len()));
                 carry = Some(buf);
