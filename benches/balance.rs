@@ -56,7 +56,7 @@ fn clients() -> Vec<(IpAddr, u16)> {
     (0..CLIENTS as u32)
         .map(|i| {
             (
-                IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i * 2_654_435_761)),
+                IpAddr::V4(Ipv4Addr::from(i.wrapping_mul(2_654_435_761))),
                 32768 + (i * 37 % 28000) as u16,
             )
         })
@@ -164,7 +164,8 @@ fn main() {
         let b = ns_per_pick(&*balance::build(kind, &large.0), &idle, &clients);
         println!("| {} (all idle) | {a:.1} | {b:.1} |", kind.name());
     }
-    // One server down: SourceHash recomputes the scores for its clients, WRR draws.
+    // One server down: SourceHash recomputes the scores for the clients it held
+    // (1/n of them), WRR draws for the slots it held.
     large.1[0].health_down.store(true, Relaxed);
     small.1[0].health_down.store(true, Relaxed);
     for kind in [Balancer::SourceHash, Balancer::WeightedRoundRobin] {

@@ -95,7 +95,12 @@ impl PickContext<'_> {
     #[inline]
     pub fn first_usable_from(&self, start: usize) -> Option<usize> {
         let n = self.servers.len();
-        (0..n).map(|k| (start + k) % n).find(|&i| self.usable(i))
+        if n == 0 {
+            return None;
+        }
+        // One division at most, none per step.
+        let start = if start < n { start } else { start % n };
+        (start..n).chain(0..start).find(|&i| self.usable(i))
     }
 }
 
@@ -143,10 +148,11 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     splitmix64(h)
 }
 
-/// The rendezvous score of `key` on a server whose salt is `salt`.
+/// The rendezvous score of `key` on a server whose salt is `salt` (both already
+/// well spread, e.g. from [`stable_hash`] or [`splitmix64`]).
 #[inline]
 pub fn mix(key: u64, salt: u64) -> u64 {
-    splitmix64(key ^ splitmix64(salt))
+    splitmix64(key ^ salt)
 }
 
 /// The salt of each server for [`rendezvous_with`]: a hash of its address as
@@ -159,24 +165,29 @@ pub fn salts(servers: &[Server]) -> Vec<u64> {
 }
 
 /// Rendezvous (highest random weight) hashing over the usable servers, salted by
-/// server index: the usable server with the highest `mix(key, index)`. Only keys
-/// whose server became unusable move; ties (never in practice) go to list order.
-/// This is the `StickyCookie NAME hash` mode, with `key = stable_hash(value)`.
+/// server index: the usable server with the highest `mix(key, splitmix64(index))`.
+/// Only keys whose server became unusable move, and they come back with it; ties
+/// (never in practice) go to list order. For `StickyCookie NAME hash`, with
+/// `key = stable_hash(value)`. Salting by index means reordering or inserting
+/// servers in the config reshuffles keys; [`rendezvous_with`] and [`salts`] avoid
+/// that at the cost of keeping one `Vec<u64>` per entry.
 pub fn rendezvous(key: u64, cx: &PickContext) -> Option<usize> {
-    best_score(cx, |i| mix(key, i as u64))
+    best_score(cx, cx.servers.len(), |i| mix(key, splitmix64(i as u64)))
 }
 
 /// [`rendezvous`] with precomputed per-server salts (see [`salts`]), so the mapping
 /// depends on the servers' addresses rather than their positions in the list.
+/// Servers beyond `salts` are never picked.
 pub fn rendezvous_with(key: u64, salts: &[u64], cx: &PickContext) -> Option<usize> {
-    best_score(cx, |i| splitmix64(key ^ salts[i]))
+    let n = cx.servers.len().min(salts.len());
+    best_score(cx, n, |i| mix(key, salts[i]))
 }
 
-/// The usable server with the highest score; ties go to the first.
+/// The usable server below `n` with the highest score; ties go to the first.
 #[inline]
-fn best_score(cx: &PickContext, score: impl Fn(usize) -> u64) -> Option<usize> {
+fn best_score(cx: &PickContext, n: usize, score: impl Fn(usize) -> u64) -> Option<usize> {
     let mut best: Option<(usize, u64)> = None;
-    for i in 0..cx.servers.len() {
+    for i in 0..n {
         let s = score(i);
         if best.is_none_or(|(_, b)| s > b) && cx.usable(i) {
             best = Some((i, s));
@@ -193,19 +204,10 @@ pub(crate) fn least_by<T: PartialOrd + Copy + Default>(
     cx: &PickContext,
     metric: impl Fn(&ServerState) -> T,
 ) -> Option<usize> {
-    least_by_index(cx, |i| metric(&cx.servers[i]))
-}
-
-/// [`least_by`] with the metric given by server index.
-#[inline]
-pub(crate) fn least_by_index<T: PartialOrd + Copy + Default>(
-    cx: &PickContext,
-    metric: impl Fn(usize) -> T,
-) -> Option<usize> {
     let zero = T::default();
     let mut best: Option<(usize, T)> = None;
-    for i in 0..cx.servers.len() {
-        let v = metric(i);
+    for (i, s) in cx.servers.iter().enumerate() {
+        let v = metric(s);
         if best.is_none_or(|(_, b)| v < b) && cx.usable(i) {
             if v <= zero {
                 return Some(i);
@@ -335,6 +337,17 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::*;
     use super::*;
+
+    #[test]
+    fn first_usable_from_wraps() {
+        let servers = servers(3);
+        let tried = Tried::new(3);
+        let c = cx(&servers, &tried);
+        assert_eq!(c.first_usable_from(7), Some(1));
+        offline(&servers[1]);
+        offline(&servers[2]);
+        assert_eq!(c.first_usable_from(1), Some(0));
+    }
 
     #[test]
     fn stable_hash_is_fixed() {

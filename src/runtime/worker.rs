@@ -102,7 +102,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             shutdown: spec.shutdown,
         });
         monoio::spawn(flush_log_every(w.clone(), Duration::from_millis(500)));
-        let stops: Rc<RefCell<Vec<(Address, Rc<Cell<bool>>)>>> = Rc::default();
+        let stops: Rc<Stops> = Rc::default();
         for (l, service) in spec.listeners {
             listen(&w, &stops, l, service);
         }
@@ -137,9 +137,12 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The stop flag of each accept loop of a worker, by address (reload closes some).
+type Stops = RefCell<Vec<(Address, Rc<Cell<bool>>)>>;
+
 fn listen(
     w: &Rc<Worker>,
-    stops: &RefCell<Vec<(Address, Rc<Cell<bool>>)>>,
+    stops: &Stops,
     l: Listener,
     service: Service,
 ) {

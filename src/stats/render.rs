@@ -246,7 +246,7 @@ pub fn json(live: &Live) -> Vec<u8> {
                         "weight": srv.spec.weight,
                         "up": !srv.is_offline(now),
                         "health_down": srv.health_down.load(Relaxed),
-                        "offline_for_ms": if until > now { until - now } else { 0 },
+                        "offline_for_ms": until.saturating_sub(now),
                         "active_requests": srv.active.load(Relaxed),
                         "consecutive_failures": srv.failures.load(Relaxed),
                         "connect_failures": srv.connect_failures.load(Relaxed),
