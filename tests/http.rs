@@ -96,6 +96,12 @@ per_driver!(
     unix_sockets,
     backend_dies_mid_response,
     backend_closes_after_response,
+    bad_backend_responses,
+    http10_backend,
+    interim_responses,
+    client_half_close,
+    upgrade_declined,
+    expect_100_continue_body_at_once,
     client_aborts,
     failover_and_502,
     malformed_requests,
@@ -109,12 +115,12 @@ per_driver_and_splice!(request_bodies, response_bodies);
 mod expect_100_continue_keep_alive {
     use super::Driver;
     #[test]
-    #[ignore = "bug: after a 100-continue exchange simian answers `Connection: close` and drops the backend connection"]
+
     fn uring() {
         super::expect_100_continue_keep_alive(Driver::Uring)
     }
     #[test]
-    #[ignore = "bug: after a 100-continue exchange simian answers `Connection: close` and drops the backend connection"]
+
     fn epoll() {
         super::expect_100_continue_keep_alive(Driver::Epoll)
     }
@@ -211,6 +217,25 @@ fn pipelined_requests(d: Driver) {
     let got: Vec<String> = (0..4).map(|_| c.read_response().text()).collect();
     assert_eq!(got, ["A /a1 ", "B /b1", "A /a2 hello", "B /b2"]);
     assert_eq!(c.get("/a3").text(), "A /a3 ");
+
+    // A chunked body and a 200 KB body, each followed in the same write by the
+    // next request.
+    let mut msg = b"POST /a4 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          GET /b3 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /b4 HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n"
+        .to_vec();
+    msg.extend_from_slice(&pattern_vec(200_000));
+    msg.extend_from_slice(b"GET /a5 HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(&msg);
+    let got: Vec<String> = (0..4).map(|_| c.read_response().text()).collect();
+    assert_eq!(got, ["A /a4 abcde", "B /b3", "B /b4", "A /a5 "]);
+    let b4 = b
+        .requests()
+        .into_iter()
+        .find(|r| r.target == "/b4")
+        .unwrap();
+    assert!(b4.body.is_pattern(200_000));
 }
 
 // ---------------------------------------------------------------------------
@@ -441,7 +466,16 @@ fn forwarded_headers() {
     );
     assert_eq!(c.read_response().status, 200);
     assert_eq!(c.get("/plain").status, 200);
+    let r = c.get_with(
+        "/two-lines",
+        "X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2, 192.0.2.3\r\n",
+    );
+    assert_eq!(r.status, 200);
     let reqs = b.requests();
+    assert_eq!(
+        reqs[2].head.get_all("X-Forwarded-For"),
+        ["192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1"]
+    );
     let r = &reqs[0];
     assert_eq!(r.head.line, "GET /x/./y?q=%41&r=/../z HTTP/1.1");
     assert_eq!(r.head.get_all("Host"), ["example.test:8080"]);
@@ -745,6 +779,34 @@ fn backend_closes_after_response(d: Driver) {
     assert_eq!(b.connections(), 12);
 }
 
+/// An HTTP/1.0 backend response without keep-alive ends that backend
+/// connection: simian does not pool it.
+fn http10_backend(d: Driver) {
+    let b = Backend::start(|r| {
+        Reply::Raw(
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                r.target.len(),
+                r.target
+            )
+            .into_bytes(),
+        )
+    });
+    let p = Proxy::start_with(&conf1("", &b.addr()), Options::driver(d).threads(1));
+    let mut c = p.client();
+    for i in 0..3 {
+        let path = format!("/old{i}");
+        let r = c.get(&path);
+        assert_eq!((r.status, r.text()), (200, path));
+        assert!(r.keep_alive(), "client connection closed: {:?}", r.head);
+    }
+    assert_eq!(
+        b.connections(),
+        3,
+        "a non-persistent backend connection was reused"
+    );
+}
+
 /// Clients that go away mid-request-body and mid-response: the backend
 /// connection is dropped, not pooled, and the next client is served.
 fn client_aborts(d: Driver) {
@@ -793,7 +855,8 @@ fn client_aborts(d: Driver) {
 /// servers: 502 and the connection closes.
 fn failover_and_502(d: Driver) {
     let b = Backend::fixed("live\n");
-    let p = start(d, &conf1("", &format!("{} {}", dead_addr(), b.addr())));
+    let (dead1, dead2) = (DeadPort::new(), DeadPort::new());
+    let p = start(d, &conf1("", &format!("{} {}", dead1.addr(), b.addr())));
     let mut c = p.client();
     for i in 0..4 {
         let r = c.get(&format!("/f/{i}"));
@@ -811,7 +874,7 @@ fn failover_and_502(d: Driver) {
         d,
         &conf1(
             "AttemptsCount 0",
-            &format!("{} {}", dead_addr(), dead_addr()),
+            &format!("{} {}", dead1.addr(), dead2.addr()),
         ),
     );
     for _ in 0..2 {
@@ -821,6 +884,11 @@ fn failover_and_502(d: Driver) {
         assert!(!r.body.bytes.is_empty() && r.body.len < 200, "short body");
         c.expect_closed(Duration::from_secs(3));
     }
+    let mut c = p2.client();
+    c.send(b"POST /nobody HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+    let _ = c.try_send(&pattern_vec(100_000));
+    let raw = c.expect_closed(Duration::from_secs(3));
+    assert_eq!(status_of(&raw), 502);
 }
 
 /// No entry matches: 404, and a bodiless request keeps the connection. A 404
@@ -989,11 +1057,27 @@ fn malformed_cases() -> Vec<Bad> {
             format!("GET /lf HTTP/1.1\r\nHost: test\r\n\n{SMUGGLE}"),
             400,
         ),
-        bad("NUL in a value", format!("GET /nul HTTP/1.1\r\nHost: test\r\nX-A: a\0b\r\n\r\n"), 400),
-        bad("SOH in a value", format!("GET /ctl HTTP/1.1\r\nHost: test\r\nX-A: a\x01b\r\n\r\n"), 400),
-        bad("DEL in a value", format!("GET /del HTTP/1.1\r\nHost: test\r\nX-A: a\x7fb\r\n\r\n"), 400),
-        bad("bare CR in a value", format!("GET /cr HTTP/1.1\r\nHost: test\r\nX-A: a\rb\r\n\r\n"), 400),
+        bad("NUL in a value", "GET /nul HTTP/1.1\r\nHost: test\r\nX-A: a\0b\r\n\r\n", 400),
+        bad("SOH in a value", "GET /ctl HTTP/1.1\r\nHost: test\r\nX-A: a\x01b\r\n\r\n", 400),
+        bad("DEL in a value", "GET /del HTTP/1.1\r\nHost: test\r\nX-A: a\x7fb\r\n\r\n", 400),
+        bad("bare CR in a value", "GET /cr HTTP/1.1\r\nHost: test\r\nX-A: a\rb\r\n\r\n", 400),
         bad("head over 64 KiB", big, 431),
+        bad("HTTP/1.1 without Host", format!("GET /nohost HTTP/1.1\r\n\r\n{SMUGGLE}"), 400),
+        bad(
+            "two Host headers",
+            format!("GET /twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n{SMUGGLE}"),
+            400,
+        ),
+        bad(
+            "whitespace before the first header",
+            format!("GET /ws HTTP/1.1\r\n Content-Length: {n}\r\nHost: test\r\n\r\n{SMUGGLE}"),
+            400,
+        ),
+        bad(
+            "CL overflow",
+            format!("{post}Content-Length: 99999999999999999999999\r\n\r\n{SMUGGLE}"),
+            400,
+        ),
         bad_chunks("chunk size zz", "zz\r\n0\r\n\r\n"),
         bad_chunks("chunk size -1", "-1\r\n0\r\n\r\n"),
         bad_chunks("chunk size 0x10", "0x10\r\n\r\n"),
@@ -1004,6 +1088,9 @@ fn malformed_cases() -> Vec<Bad> {
         bad_chunks("chunk size line with bare LF", "5\nhello\r\n0\r\n\r\n"),
         bad_chunks("chunk size line with bare CR", "5\rhello\r\n0\r\n\r\n"),
         bad_chunks("last chunk with bare LF", "0\n\n"),
+        bad_chunks("trailer with bare LF", "0\r\nX-T: a\n\r\n"),
+        bad_chunks("trailer with obs-fold", "0\r\nX-T: a\r\n b\r\n\r\n"),
+        bad_chunks("trailer name not a token", "0\r\nX T: a\r\n\r\n"),
     ]
 }
 
@@ -1157,14 +1244,27 @@ fn idle_timeout(d: Driver) {
     );
 }
 
-/// `BackendTimeout 1s` and a backend that never answers: 504 after about a second.
+/// `BackendTimeout 1s`: a backend that never answers gives 504 after about a
+/// second; one that stalls mid-response gets the client connection closed; one
+/// whose bytes keep coming is not cut.
 fn backend_timeout_504(d: Driver) {
-    let b = Backend::start(|r| {
-        if r.target == "/slow" {
-            Reply::Silent
-        } else {
-            Reply::ok("quick\n")
-        }
+    let b = Backend::start(|r| match r.target.as_str() {
+        "/slow" => Reply::Silent,
+        "/stall" => Reply::Stall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial".to_vec()),
+        "/trickle" => Reply::Trickle(
+            [
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "2\r\nab\r\n",
+                "2\r\ncd\r\n",
+                "2\r\nef\r\n",
+                "0\r\n\r\n",
+            ]
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect(),
+            Duration::from_millis(400),
+        ),
+        _ => Reply::ok("quick\n"),
     });
     let p = start(d, &conf1("BackendTimeout 1s", &b.addr()));
     let mut c = p.client();
@@ -1179,6 +1279,26 @@ fn backend_timeout_504(d: Driver) {
     );
     let mut c = p.client();
     assert_eq!(c.get("/quick").text(), "quick\n");
+
+    // The response started, then stalls: the client connection is closed.
+    let mut c = p.client();
+    c.send(b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n");
+    let t = Instant::now();
+    let raw = c.expect_closed(Duration::from_secs(5));
+    let e = t.elapsed();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{raw:?}");
+    assert!(raw.ends_with(b"\r\n\r\npartial"), "{raw:?}");
+    assert!(
+        e >= Duration::from_millis(800) && e <= Duration::from_secs(3),
+        "closed after {e:?}"
+    );
+
+    // A response that keeps flowing is not cut, however long it takes in all.
+    let mut c = p.client();
+    let t = Instant::now();
+    let r = c.get("/trickle");
+    assert_eq!((r.status, r.text().as_str()), (200, "abcdef"));
+    assert!(t.elapsed() >= Duration::from_millis(1500));
 }
 
 // ---------------------------------------------------------------------------
@@ -1231,4 +1351,206 @@ fn driver_selection() {
     if !p.stderr().contains("io_uring") {
         eprintln!("note: io_uring unavailable, the `uring` tests ran on epoll");
     }
+}
+
+// ---------------------------------------------------------------------------
+// More edges
+// ---------------------------------------------------------------------------
+
+/// Routing looks at the normalised path (unreserved escapes decoded, dot
+/// segments removed, query ignored, absolute-form reduced to its path); the
+/// target is forwarded exactly as received.
+#[test]
+fn routing_normalized_path() {
+    let admin = Backend::fixed("admin\n");
+    let rest = Backend::fixed("rest\n");
+    let p = Proxy::start(&conf(
+        "",
+        &[
+            ("^/admin", admin.addr().as_str()),
+            ("^/", rest.addr().as_str()),
+        ],
+    ));
+    let mut c = p.client();
+    let cases = [
+        ("/static/../admin/x", "admin\n"),
+        ("/%61dmin", "admin\n"),
+        ("/./admin", "admin\n"),
+        ("/other?to=/admin", "rest\n"),
+        ("/%2Fadmin", "rest\n"),
+        ("http://example.test/admin/abs", "admin\n"),
+    ];
+    for (target, who) in cases {
+        let r = c.get(target);
+        assert_eq!((r.status, r.text().as_str()), (200, who), "{target}");
+    }
+    let a: Vec<String> = admin.targets();
+    assert_eq!(
+        a,
+        [
+            "/static/../admin/x",
+            "/%61dmin",
+            "/./admin",
+            "http://example.test/admin/abs"
+        ]
+    );
+    assert_eq!(rest.targets(), ["/other?to=/admin", "/%2Fadmin"]);
+}
+
+/// A head just under 64 KiB is accepted and forwarded intact.
+#[test]
+fn large_head_under_limit() {
+    let b = Backend::fixed("big head ok\n");
+    let p = Proxy::start(&conf1("", &b.addr()));
+    let mut c = p.client();
+    let value = "v".repeat(60 * KIB);
+    let r = c.get_with("/bighead", &format!("X-Large: {value}\r\n"));
+    assert_eq!(r.status, 200);
+    assert_eq!(b.requests()[0].get("X-Large"), Some(value.as_str()));
+    assert_eq!(c.get("/next").status, 200);
+}
+
+/// Backend responses that cannot be framed without doubt: 502 (RFC 9112 6.3),
+/// or for CL+TE the chunked framing with Content-Length removed; either way the
+/// backend connection is not reused and the next request is fine.
+fn bad_backend_responses(d: Driver) {
+    let b = Backend::start(|r| {
+        let raw: &[u8] = match r.target.as_str() {
+            "/dup-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nhello",
+            "/bad-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
+            "/neg-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello",
+            "/garbage" => b"SSH-2.0-OpenSSH\r\n\r\n",
+            "/bare-lf" => b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+            "/cl-te" => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            }
+            _ => return Reply::ok("fine\n"),
+        };
+        Reply::Raw(raw.to_vec())
+    });
+    let p = Proxy::start_with(&conf1("", &b.addr()), Options::driver(d).threads(1));
+    for target in [
+        "/dup-cl", "/bad-cl", "/neg-cl", "/garbage", "/bare-lf", "/cl-te",
+    ] {
+        let mut c = p.client();
+        c.set_timeout(Duration::from_secs(5));
+        let r = c.get(target);
+        if target == "/cl-te" && r.status == 200 {
+            assert_eq!(r.get("Content-Length"), None, "CL kept beside TE");
+            assert_eq!((r.framing, r.text().as_str()), (Framing::Chunked, "hello"));
+        } else {
+            assert_eq!(r.status, 502, "{target}: {:?}", r.head);
+        }
+        let mut c = p.client();
+        let r = c.get("/ok");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "fine\n"),
+            "after {target}"
+        );
+    }
+}
+
+/// Interim 1xx responses (103 Early Hints) are relayed before the final one.
+fn interim_responses(d: Driver) {
+    let b = Backend::start(|r| {
+        if r.target == "/hints" {
+            Reply::Raw(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+                    .to_vec(),
+            )
+        } else {
+            Reply::ok("next\n")
+        }
+    });
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    c.send(b"GET /hints HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.get("Link")),
+        (103, Some("</s.css>; rel=preload"))
+    );
+    let r = c.read_response();
+    assert_eq!((r.status, r.text().as_str()), (200, "final"));
+    assert_eq!(c.get("/next").text(), "next\n");
+}
+
+/// A client that half-closes after its request still gets the response.
+fn client_half_close(d: Driver) {
+    let b = Backend::fixed("half\n");
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    c.send(b"GET /half HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.wire.conn.shutdown(std::net::Shutdown::Write);
+    let r = c.read_response();
+    assert_eq!((r.status, r.text().as_str()), (200, "half\n"));
+    c.expect_closed(Duration::from_secs(3));
+}
+
+/// An upgrade the backend declines (plain 200) leaves an ordinary keep-alive
+/// connection; an `h2c` upgrade offer is not passed on.
+fn upgrade_declined(d: Driver) {
+    let b = Backend::fixed("no upgrade\n");
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    let r = c.request(WS_HEAD.as_bytes());
+    assert_eq!((r.status, r.text().as_str()), (200, "no upgrade\n"));
+    assert!(r.keep_alive());
+    assert_eq!(c.get("/after").text(), "no upgrade\n");
+    let r = c.get_with(
+        "/h2c",
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let reqs = b.requests();
+    let h2c = &reqs[2];
+    assert_eq!(
+        h2c.get("Upgrade"),
+        None,
+        "h2c offer forwarded: {:?}",
+        h2c.head
+    );
+    assert_eq!(h2c.get("HTTP2-Settings"), None);
+    assert_eq!(c.get("/last").text(), "no upgrade\n");
+}
+
+/// A client that sends `Expect: 100-continue` and its body at once (without
+/// waiting) gets its request through.
+fn expect_100_continue_body_at_once(d: Driver) {
+    let b = Backend::summary();
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    c.send(b"POST /eager HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 300000\r\n\r\n");
+    c.send_pattern(300_000);
+    let mut r = c.read_response();
+    if r.status == 100 {
+        r = c.read_response();
+    }
+    assert_eq!(r.status, 200);
+    assert_eq!(r.get("X-Body-Len"), Some("300000"));
+    assert_eq!(r.get("X-Body-Pattern"), Some("yes"));
+}
+
+/// A known transfer coding before `chunked` (`gzip, chunked`) is accepted and
+/// forwarded as is, framed by its chunks.
+#[test]
+fn transfer_coding_gzip_chunked_forwarded() {
+    let b = Backend::summary();
+    let p = Proxy::start(&conf1("", &b.addr()));
+    let mut c = p.client();
+    let r = c.request(
+        b"POST /gz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+          4\r\nabcd\r\n0\r\n\r\n",
+    );
+    assert_eq!((r.status, r.get("X-Body-Len")), (200, Some("4")));
+    let req = &b.requests()[0];
+    assert_eq!(req.get("Transfer-Encoding"), Some("gzip, chunked"));
+    assert_eq!(req.body.text(), "abcd");
+    assert_eq!(c.get("/next").status, 200);
 }

@@ -41,30 +41,47 @@ pub use source_hash::SourceHash;
 pub use weighted_round_robin::WeightedRoundRobin;
 pub use workload::Workload;
 
-/// Servers already tried for the current request, as a bitset (inline up to 256).
+/// Servers already tried for the current request, as a bitset: inline up to 256
+/// servers, so the per-request path does not allocate for any real entry.
 #[derive(Debug, Clone)]
-pub struct Tried {
-    words: Vec<u64>,
+pub enum Tried {
+    Inline([u64; 4]),
+    Heap(Vec<u64>),
 }
 
 impl Tried {
     pub fn new(n: usize) -> Tried {
-        Tried {
-            words: vec![0; n.div_ceil(64).max(1)],
+        if n <= 256 {
+            Tried::Inline([0; 4])
+        } else {
+            Tried::Heap(vec![0; n.div_ceil(64)])
+        }
+    }
+    fn words(&self) -> &[u64] {
+        match self {
+            Tried::Inline(w) => w,
+            Tried::Heap(w) => w,
+        }
+    }
+    fn words_mut(&mut self) -> &mut [u64] {
+        match self {
+            Tried::Inline(w) => w,
+            Tried::Heap(w) => w,
         }
     }
     pub fn insert(&mut self, i: usize) {
-        if let Some(w) = self.words.get_mut(i / 64) {
+        if let Some(w) = self.words_mut().get_mut(i / 64) {
             *w |= 1 << (i % 64);
         }
     }
+    #[inline]
     pub fn contains(&self, i: usize) -> bool {
-        self.words
+        self.words()
             .get(i / 64)
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     pub fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| *w = 0);
+        self.words_mut().iter_mut().for_each(|w| *w = 0);
     }
 }
 

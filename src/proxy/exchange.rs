@@ -138,6 +138,8 @@ async fn exchange_inner(
         let mut consumed = body_start + in_buf;
         let mut body_in = in_buf as u64;
         let mut early: Option<http::ResponseHead> = None;
+        // The backend gave its final answer without waiting for the body.
+        let mut answered_early = false;
         if wait_continue {
             // The client waits for 100 before sending its body: read the backend's
             // answer first and relay the 100, or take its final response as is. A
@@ -154,6 +156,7 @@ async fn exchange_inner(
                 }
                 Ok(rh) => {
                     early = Some(rh);
+                    answered_early = true;
                     false
                 }
                 Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => true,
@@ -209,7 +212,7 @@ async fn exchange_inner(
         };
         // A final answer before the body was sent (after Expect): the client's body
         // may still come, so this connection cannot carry another request.
-        let body_skipped = wait_continue && consumed == body_start + in_buf && rest > 0;
+        let body_skipped = answered_early;
         let client_keep = head.keep_alive
             && !w.shutdown.started()
             && rh.framing != ResponseFraming::CloseDelimited

@@ -140,12 +140,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
 /// The stop flag of each accept loop of a worker, by address (reload closes some).
 type Stops = RefCell<Vec<(Address, Rc<Cell<bool>>)>>;
 
-fn listen(
-    w: &Rc<Worker>,
-    stops: &Stops,
-    l: Listener,
-    service: Service,
-) {
+fn listen(w: &Rc<Worker>, stops: &Stops, l: Listener, service: Service) {
     let addr = l.addr.clone();
     match l.register() {
         Ok(reg) => {

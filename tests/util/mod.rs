@@ -789,6 +789,11 @@ pub enum Reply {
     Upgrade,
     /// Never answer; hold the connection until the peer closes it.
     Silent,
+    /// These bytes, then hold the connection like `Silent`.
+    Stall(Vec<u8>),
+    /// These pieces, with this pause before each but the first; then the
+    /// connection goes on.
+    Trickle(Vec<Vec<u8>>, Duration),
     /// Close without answering.
     Close,
 }
@@ -1034,10 +1039,46 @@ impl Drop for Backend {
     }
 }
 
-/// An address where nothing listens (a port just bound and released).
-pub fn dead_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+/// A 127.0.0.1 port that refuses connections for as long as this lives: a
+/// socket bound to it that never listens, so no other test can take the port.
+pub struct DeadPort {
+    fd: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        use std::os::fd::FromRawFd;
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let r = libc::bind(raw, &sa as *const _ as *const libc::sockaddr, len);
+            assert_eq!(r, 0, "bind: {}", io::Error::last_os_error());
+            let mut got_len = len;
+            let r = libc::getsockname(raw, &mut sa as *mut _ as *mut libc::sockaddr, &mut got_len);
+            assert_eq!(r, 0, "getsockname: {}", io::Error::last_os_error());
+            DeadPort {
+                fd,
+                port: u16::from_be(sa.sin_port),
+            }
+        }
+    }
+
+    /// `127.0.0.1:PORT`, as `ServerList` takes it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -1211,13 +1252,32 @@ fn answer(wire: &mut Wire, req: &Request, reply: Reply) -> io::Result<bool> {
             Ok(false)
         }
         Reply::Silent => {
-            wire.conn.set_read_timeout(Duration::from_secs(30));
-            let mut b = [0u8; 4096];
-            while matches!(wire.conn.read(&mut b), Ok(n) if n > 0) {}
+            hold(wire);
             Ok(false)
+        }
+        Reply::Stall(b) => {
+            wire.write_all(&b)?;
+            hold(wire);
+            Ok(false)
+        }
+        Reply::Trickle(pieces, gap) => {
+            for (i, piece) in pieces.iter().enumerate() {
+                if i > 0 {
+                    thread::sleep(gap);
+                }
+                wire.write_all(piece)?;
+            }
+            Ok(true)
         }
         Reply::Close => Ok(false),
     }
+}
+
+/// Read and discard until the peer closes (at most 30 s).
+fn hold(wire: &mut Wire) {
+    wire.conn.set_read_timeout(Duration::from_secs(30));
+    let mut b = [0u8; 4096];
+    while matches!(wire.conn.read(&mut b), Ok(n) if n > 0) {}
 }
 
 // ---------------------------------------------------------------------------
@@ -1309,6 +1369,8 @@ pub struct Proxy {
     pub config: String,
     stderr_path: PathBuf,
     listens: Vec<ListenAt>,
+    /// Exited at start because its port was taken (no checks on drop).
+    failed_start: bool,
 }
 
 impl Proxy {
@@ -1319,6 +1381,17 @@ impl Proxy {
     }
 
     pub fn start_with(config: &str, opts: Options) -> Proxy {
+        // The port was free when picked but another test may take it before
+        // simian binds it: then try again with another.
+        for _ in 0..4 {
+            if let Some(p) = Self::try_start(config, &opts) {
+                return p;
+            }
+        }
+        panic!("simian could not bind a free port four times");
+    }
+
+    fn try_start(config: &str, opts: &Options) -> Option<Proxy> {
         let dir = temp_dir("proxy");
         let port = free_port();
         let config = config
@@ -1353,16 +1426,28 @@ impl Proxy {
             config,
             stderr_path,
             listens,
+            failed_start: false,
         };
-        p.wait_ready(Duration::from_secs(10));
-        p
+        if p.wait_ready(Duration::from_secs(10)) {
+            Some(p)
+        } else {
+            p.failed_start = true;
+            None
+        }
     }
 
-    fn wait_ready(&mut self, within: Duration) {
+    /// True once every listener accepts; false if simian exited because an
+    /// address was in use (panics on any other early exit).
+    fn wait_ready(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         for l in self.listens.clone() {
             loop {
                 if let Ok(Some(st)) = self.child.try_wait() {
+                    let log = self.stderr();
+                    if log.contains("in use") {
+                        eprintln!("port taken, retrying: {log}");
+                        return false;
+                    }
                     panic!(
                         "simian exited ({st}) before listening on {l:?}\nconfig:\n{}\nstderr:\n{}",
                         self.config,
@@ -1386,6 +1471,7 @@ impl Proxy {
                 thread::sleep(Duration::from_millis(10));
             }
         }
+        true
     }
 
     /// `127.0.0.1:PORT`.
@@ -1472,6 +1558,9 @@ impl Drop for Proxy {
         }
         let log = self.stderr();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.failed_start {
+            return;
+        }
         if thread::panicking() {
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!(
