@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::balance::{PickContext, Tried};
-use crate::config::StickyKind;
+use crate::config::{Balancer, StickyKind};
 use crate::http::{self, BodyFraming, RequestError, RequestHead};
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
@@ -346,6 +346,10 @@ async fn proxy(
     let mut any_available = false;
     let mut last_error = String::from("no server available");
     let mut first_pick = true;
+    let rt_tracks_load = matches!(
+        entry.balancer,
+        Balancer::LeastBytes | Balancer::LeastTime | Balancer::Workload
+    );
     loop {
         let now = now_ms();
         let cx = PickContext {
@@ -356,22 +360,29 @@ async fn proxy(
             tried: &tried,
             max_connections: entry.max_connections,
         };
-        let sticky_first = if first_pick { sticky_key } else { None };
-        first_pick = false;
-        let pick = match sticky_first {
+        // Hash mode stays on the cookie's rendezvous order through failover (the
+        // next server by hash is where the cookie lands for good once its server
+        // is offline); table mode looks the cookie up once, then the balancer.
+        let pick = match sticky_key {
             Some((StickyKind::Hash, key)) => crate::balance::rendezvous_with(key, &rt.salts, &cx),
-            Some((StickyKind::Table, key)) => sticky_table_pick(rt, key, &cx, entry, peer),
-            None => rt.balancer.pick(&cx),
+            Some((StickyKind::Table, key)) if first_pick => {
+                sticky_table_pick(rt, key, &cx, entry, peer)
+            }
+            _ => rt.balancer.pick(&cx),
         };
+        first_pick = false;
         let Some(i) = pick else { break };
         tried.insert(i);
         let server = &rt.servers[i];
-        if !server.try_acquire(now) {
+        let Some(probe) = server.acquire(now) else {
             continue; // another request is probing it
-        }
+        };
+        // A probe that ends without a verdict gives its slot back.
+        let _probe_guard = ProbeGuard(server, probe);
         let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
             continue;
         };
+        let started_ms = if rt_tracks_load { now_ms() } else { 0 };
         any_available = true;
         let addr = &server.spec.addr;
         let mut fresh_retry = false;
@@ -407,6 +418,19 @@ async fn proxy(
             };
             match exchange(w, client, &backend, buf, &req).await {
                 Ok(done) => {
+                    if probe {
+                        // The probe succeeded, maybe over a pooled connection.
+                        server.connect_succeeded();
+                    }
+                    if rt_tracks_load {
+                        // fproxy's LeastBytes / LeastTime / Workload inputs.
+                        let bytes =
+                            head.head_len as u64 + done.body_from_client + done.bytes_to_client;
+                        server.bytes.fetch_add(bytes, Relaxed);
+                        server
+                            .busy_ms
+                            .fetch_add(now_ms().saturating_sub(started_ms), Relaxed);
+                    }
                     let served = Served {
                         status: done.status,
                         server: Some(i),
@@ -503,6 +527,18 @@ fn sticky_table_pick(
         }
     }
     rt.balancer.pick(cx)
+}
+
+/// Releases an unused probe slot when the attempt ends (a successful or failed
+/// connect has already settled it: then this is a no-op).
+struct ProbeGuard<'a>(&'a ServerState, bool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.release_probe();
+        }
+    }
 }
 
 /// One request in flight on a server: counts in `active` and keeps MaxConnections

@@ -67,18 +67,34 @@ impl ServerState {
     /// Claim the server for a connect attempt. For a server whose offline window
     /// has expired only one caller (process-wide) wins the probe.
     pub fn try_acquire(&self, now_ms: u64) -> bool {
+        self.acquire(now_ms).is_some()
+    }
+
+    /// [`ServerState::try_acquire`], saying whether this caller is the probe
+    /// (`Some(true)`): a probe must end with `connect_succeeded`, `connect_failed`
+    /// or `release_probe`, whatever connection it used.
+    pub fn acquire(&self, now_ms: u64) -> Option<bool> {
         if self.health_down.load(Relaxed) {
-            return false;
+            return None;
         }
         let until = self.offline_until.load(Acquire);
         if until == 0 {
-            return true;
+            return Some(false);
         }
-        now_ms >= until
+        (now_ms >= until
             && self
                 .probing
                 .compare_exchange(false, true, AcqRel, Relaxed)
-                .is_ok()
+                .is_ok())
+        .then_some(true)
+    }
+
+    /// Give back a probe slot won by [`ServerState::try_acquire`] but not used
+    /// (the server turned out to be at its MaxConnections).
+    pub fn release_probe(&self) {
+        if self.probing.load(Relaxed) {
+            self.probing.store(false, Release);
+        }
     }
 
     pub fn connect_succeeded(&self) {
