@@ -134,7 +134,7 @@ pub struct Registered {
 }
 
 impl Registered {
-    fn fd(&self) -> i32 {
+    pub fn fd(&self) -> i32 {
         match &self.io {
             ListenIo::Tcp(l) => l.as_raw_fd(),
             ListenIo::Unix(l) => l.as_raw_fd(),

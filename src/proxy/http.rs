@@ -25,20 +25,24 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
     // Bytes of the next request already read (pipelining), if any.
     let mut carry: Option<Vec<u8>> = None;
     loop {
-        let live = w.live.load_full();
-        let g = &live.config.global;
         let mut buf = match carry.take() {
             Some(b) if !b.is_empty() => b,
             other => {
                 if let Some(b) = other {
                     w.bufs.give(b);
                 }
-                if w.shutdown.started() || !wait_request(w, &client, g.idle_timeout).await {
+                let idle = w.live.load().config.global.idle_timeout;
+                if w.shutdown.started() || !wait_request(w, &client, idle).await {
                     return;
                 }
                 w.bufs.take()
             }
         };
+        // Loaded once a request is here, not before the idle wait: a keep-alive
+        // connection that sat through a reload serves its next request with the
+        // new configuration.
+        let live = w.live.load_full();
+        let g = &live.config.global;
         let head = match read_head(&client, &mut buf, g.head_timeout).await {
             Ok(h) => h,
             Err(HeadError::Closed) => {

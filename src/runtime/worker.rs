@@ -35,6 +35,8 @@ pub struct Worker {
     pub idle: RefCell<FxHashSet<RawFd>>,
     /// Reused buffer for the normalised path of the request being routed.
     pub path_scratch: RefCell<Vec<u8>>,
+    /// Listening sockets of this worker, by address.
+    pub listen_fds: RefCell<Vec<(Address, RawFd)>>,
     /// Access log lines not yet handed to the log thread.
     pub log_buf: RefCell<Vec<u8>>,
     /// The log's date for the current second: (unix second, `[dd/Mon/yyyy:...]`).
@@ -97,6 +99,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             conns: Cell::new(0),
             idle: RefCell::new(FxHashSet::default()),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
+            listen_fds: RefCell::new(Vec::new()),
             log_buf: RefCell::new(Vec::new()),
             log_date: RefCell::new((0, String::new())),
             shutdown: spec.shutdown,
@@ -111,16 +114,30 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             while let Ok(msg) = ctrl.recv_async().await {
                 match msg {
                     Ctrl::Listen(l, service) => listen(&w2, &stops2, l, service),
-                    Ctrl::Close(addr) => stops2.borrow_mut().retain(|(a, stop)| {
-                        if *a == addr {
-                            stop.set(true);
+                    Ctrl::Close(addr) => {
+                        for (_, fd) in w2.listen_fds.borrow().iter().filter(|(a, _)| *a == addr) {
+                            // SAFETY: plain syscall on a listener this worker still owns.
+                            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
                         }
-                        *a != addr
-                    }),
+                        w2.listen_fds.borrow_mut().retain(|(a, _)| *a != addr);
+                        stops2.borrow_mut().retain(|(a, stop)| {
+                            if *a == addr {
+                                stop.set(true);
+                            }
+                            *a != addr
+                        });
+                    }
                 }
             }
         });
         w.shutdown.wait().await;
+        // Stop listening now, not when each accept loop notices: shutdown(2) on a
+        // listening socket makes the kernel refuse new connections at once, whatever
+        // the driver still holds of the fd.
+        for (_, fd) in w.listen_fds.borrow().iter() {
+            // SAFETY: plain syscall; the fd stays open until its accept loop ends.
+            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+        }
         // Draining: idle keep-alive clients go now; busy ones finish their request
         // (their response carries `Connection: close`).
         for fd in w.idle.borrow().iter() {
@@ -145,6 +162,7 @@ fn listen(w: &Rc<Worker>, stops: &Stops, l: Listener, service: Service) {
     match l.register() {
         Ok(reg) => {
             let stop = Rc::new(Cell::new(false));
+            w.listen_fds.borrow_mut().push((addr.clone(), reg.fd()));
             stops.borrow_mut().push((addr, stop.clone()));
             monoio::spawn(accept_loop(w.clone(), reg, service, stop));
         }
