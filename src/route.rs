@@ -44,6 +44,10 @@ pub struct RouteMatch {
 /// use case, but bounded so a hostile file cannot eat the machine.
 const SET_SIZE_LIMIT: usize = 512 << 20;
 
+/// Most trie nodes (about 50 bytes each): far above real configurations (10,000
+/// `^/svcN/` entries take about 21,000), and past it patterns go to the `RegexSet`.
+const MAX_TRIE_NODES: usize = 1 << 21;
+
 /// How a pattern is compiled: Monkey matched case-insensitively (REG_ICASE); `(?-i)`
 /// inside the pattern turns that off.
 pub fn compile_one(pattern: &str) -> Result<Regex, regex::Error> {
@@ -186,8 +190,10 @@ impl Router {
         let mut set_ids = Vec::new();
         for (i, (_, p)) in patterns.iter().enumerate() {
             match literal_prefix(p) {
-                Some(lit) => trie.insert(&lit, i),
-                None => set_ids.push(i),
+                // Bounded like the set's size limit: a hostile file of long distinct
+                // literals must not build an unbounded trie (the set refuses it).
+                Some(lit) if trie.nodes.len() + lit.len() <= MAX_TRIE_NODES => trie.insert(&lit, i),
+                _ => set_ids.push(i),
             }
         }
         let set = RegexSetBuilder::new(set_ids.iter().map(|&i| format!("(?i){}", patterns[i].1)))

@@ -43,6 +43,9 @@ impl Peer {
 pub fn probe_free(addr: &Address) -> io::Result<()> {
     if let Address::Inet(a) = addr {
         let s = Socket::new(Domain::for_address(*a), Type::STREAM.cloexec(), None)?;
+        // As the real bind does: connections in TIME_WAIT from a previous run must
+        // not make a restart fail; only a live listener should.
+        s.set_reuse_address(true)?;
         if a.is_ipv6() {
             s.set_only_v6(true)?;
         }

@@ -94,6 +94,8 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
             moved.a_to_b + moved.b_to_a + first.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        rt.stats
+            .add_bytes(w.id, moved.a_to_b + first.len() as u64, moved.b_to_a);
         server
             .busy_ms
             .fetch_add(now_ms() - start, std::sync::atomic::Ordering::Relaxed);

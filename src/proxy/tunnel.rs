@@ -53,57 +53,62 @@ async fn one_way(
     let mut moved = 0u64;
     let r: io::Result<()> = async {
         let use_pipe = mode != SpliceMode::Off;
-        let mut pipe = if use_pipe {
-            Some(w.pipes.take()?)
-        } else {
-            None
-        };
-        let mut buf = if use_pipe { Vec::new() } else { w.bufs.take() };
-        let r = async {
-            loop {
-                // Wait for bytes; a quiet direction is fine while the other one moves.
-                match monoio::time::timeout(idle, from.readable()).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        if now_ms().saturating_sub(last.get()) >= idle.as_millis() as u64 {
-                            return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
-                        }
-                        continue;
+        loop {
+            // Wait for bytes, holding no pipe and no buffer: an idle tunnel costs
+            // its two sockets only. A quiet direction is fine while the other moves.
+            match monoio::time::timeout(idle, from.readable()).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    if now_ms().saturating_sub(last.get()) >= idle.as_millis() as u64 {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
                     }
+                    continue;
                 }
-                let n = match pipe.as_mut() {
-                    Some(p) => match splice::forward_available(from, to, p, idle).await {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e),
-                    },
-                    None => {
-                        buf.clear();
-                        match nio::try_read(from, &mut buf, 64 * 1024) {
-                            Ok(n) => {
-                                nio::write_all(to, &buf, idle).await?;
-                                n as u64
+            }
+            // Move everything available now, then give the pipe or buffer back.
+            let mut n = 0u64;
+            let mut pipe = if use_pipe {
+                Some(w.pipes.take()?)
+            } else {
+                None
+            };
+            let mut buf = if use_pipe { Vec::new() } else { w.bufs.take() };
+            let burst: io::Result<bool> = async {
+                loop {
+                    let step = match pipe.as_mut() {
+                        Some(p) => splice::forward_available(from, to, p, idle).await,
+                        None => {
+                            buf.clear();
+                            match nio::try_read(from, &mut buf, 64 * 1024) {
+                                Ok(k) => nio::write_all(to, &buf, idle).await.map(|_| k as u64),
+                                Err(e) => Err(e),
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(e) => return Err(e),
                         }
+                    };
+                    match step {
+                        Ok(0) => return Ok(true), // EOF
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) => return Err(e),
                     }
-                };
-                if n == 0 {
-                    return Ok(()); // EOF
                 }
+            }
+            .await;
+            if let Some(p) = pipe {
+                w.pipes.give(p); // kept only if empty
+            }
+            if !use_pipe {
+                w.bufs.give(buf);
+            }
+            let eof = burst?;
+            if n > 0 {
                 moved += n;
                 last.set(now_ms());
             }
+            if eof {
+                return Ok(());
+            }
         }
-        .await;
-        if let Some(p) = pipe {
-            w.pipes.give(p);
-        }
-        if !use_pipe {
-            w.bufs.give(buf);
-        }
-        r
     }
     .await;
     match r {

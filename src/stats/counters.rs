@@ -74,6 +74,15 @@ impl RouteStats {
         }
     }
 
+    /// Bytes of a tcp tunnel: counted per route like request bodies, but a tunnel
+    /// is not a request.
+    pub fn add_bytes(&self, w: usize, received: u64, sent: u64) {
+        if let Some(c) = self.workers.get(w) {
+            c.received.fetch_add(received, Relaxed);
+            c.sent.fetch_add(sent, Relaxed);
+        }
+    }
+
     pub fn sum<F: Fn(&RouteCounters) -> u64>(&self, f: F) -> u64 {
         self.workers.iter().map(f).sum()
     }

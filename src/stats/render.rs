@@ -209,8 +209,16 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
 }
 
 pub fn prometheus_text(live: &Live) -> Vec<u8> {
+    // The encoder refuses a family without samples (a config with no Match has no
+    // simian_match_requests_total): leave those out rather than lose the rest.
+    let fams: Vec<MetricFamily> = families(live)
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
     let mut out = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&families(live), &mut out);
+    if let Err(e) = prometheus::TextEncoder::new().encode(&fams, &mut out) {
+        crate::error!("statistics: cannot encode metrics: {e}");
+    }
     out
 }
 
