@@ -21,11 +21,15 @@ use crate::upstream::clock::now_ms;
 use crate::upstream::ServerState;
 
 /// Serve one client connection until it closes.
+///
+/// This future is what an idle keep-alive connection costs, so it holds only the
+/// idle wait; everything a request needs (head reading, routing, the exchange,
+/// bodies) lives in one boxed future per request.
 pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
     // Bytes of the next request already read (pipelining), if any.
     let mut carry: Option<Vec<u8>> = None;
     loop {
-        let mut buf = match carry.take() {
+        let buf = match carry.take() {
             Some(b) if !b.is_empty() => b,
             other => {
                 if let Some(b) = other {
@@ -38,36 +42,42 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
                 w.bufs.take()
             }
         };
-        // Loaded once a request is here, not before the idle wait: a keep-alive
-        // connection that sat through a reload serves its next request with the
-        // new configuration.
-        let live = w.live.load_full();
-        let g = &live.config.global;
-        let head = match read_head(&client, &mut buf, g.head_timeout).await {
-            Ok(h) => h,
-            Err(HeadError::Closed) => {
-                w.bufs.give(buf);
-                return;
-            }
-            Err(HeadError::Reject(status, why)) => {
-                crate::info!("client {}: {status}: {why}", show(peer));
-                send_error(&client, status, "", w).await;
-                w.bufs.give(buf);
-                return;
-            }
-        };
-        // Boxed: the request's state machine (exchange, bodies, tunnels) is several
-        // KiB; inline, every idle keep-alive connection would carry it. One
-        // allocation per request buys an idle connection of a few hundred bytes.
-        match Box::pin(handle(w, &live, &client, peer, &mut buf, &head)).await {
-            Some(consumed) => {
-                buf.drain(..consumed.min(buf.len()));
-                carry = Some(buf);
-            }
-            None => {
-                w.bufs.give(buf);
-                return;
-            }
+        match Box::pin(request(w, &client, peer, buf)).await {
+            Some(rest) => carry = Some(rest),
+            None => return,
+        }
+    }
+}
+
+/// One request: read and check its head, route and proxy it. The buffer comes
+/// back (holding any pipelined bytes) when the connection stays open.
+async fn request(w: &Rc<Worker>, client: &Stream, peer: Peer, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+    // Loaded once a request is here, not before the idle wait: a keep-alive
+    // connection that sat through a reload serves its next request with the new
+    // configuration.
+    let live = w.live.load_full();
+    let g = &live.config.global;
+    let head = match read_head(client, &mut buf, g.head_timeout).await {
+        Ok(h) => h,
+        Err(HeadError::Closed) => {
+            w.bufs.give(buf);
+            return None;
+        }
+        Err(HeadError::Reject(status, why)) => {
+            crate::info!("client {}: {status}: {why}", show(peer));
+            send_error(client, status, "", w).await;
+            w.bufs.give(buf);
+            return None;
+        }
+    };
+    match handle(w, &live, client, peer, &mut buf, &head).await {
+        Some(consumed) => {
+            buf.drain(..consumed.min(buf.len()));
+            Some(buf)
+        }
+        None => {
+            w.bufs.give(buf);
+            None
         }
     }
 }

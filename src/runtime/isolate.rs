@@ -12,9 +12,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub struct Isolated<F>(pub Pin<Box<F>>);
+pub struct Isolated<'a>(pub Pin<Box<dyn Future<Output = ()> + 'a>>);
 
-impl<F: Future<Output = ()>> Future for Isolated<F> {
+impl Future for Isolated<'_> {
     /// `Err(())` when the inner future panicked (already reported by the panic hook).
     type Output = Result<(), ()>;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::{Address, Mode};
+use crate::log;
 use crate::net::buffer::BufPool;
 use crate::net::listen::{Listener, Registered};
 use crate::net::splice::PipePool;
@@ -209,15 +210,27 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
                     let w2 = w.clone();
                     monoio::spawn(async move {
                         let guard = ConnGuard(w2.clone());
-                        let conn = async {
+                        // Each kind boxed at its own size: an idle HTTP connection must
+                        // not carry the (larger) state of a tcp tunnel.
+                        let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
                             match service {
-                                Service::Http => crate::proxy::http::serve(&w2, stream, peer).await,
-                                Service::Tcp => {
-                                    crate::proxy::tcp::serve(&w2, stream, peer, &listen_addr).await
+                                Service::Http => {
+                                    Box::pin(crate::proxy::http::serve(&w2, stream, peer))
                                 }
-                            }
-                        };
-                        if Isolated(Box::pin(conn)).await.is_err() {
+                                Service::Tcp => Box::pin(crate::proxy::tcp::serve(
+                                    &w2,
+                                    stream,
+                                    peer,
+                                    &listen_addr,
+                                )),
+                            };
+                        if log::enabled(log::Level::Debug) {
+                            crate::debug!(
+                                "connection future: {} bytes",
+                                std::mem::size_of_val(&*conn)
+                            );
+                        }
+                        if Isolated(conn).await.is_err() {
                             crate::error!(
                                 "worker {}: a connection task panicked (bug); connection closed",
                                 w2.id
