@@ -59,13 +59,27 @@ pub fn warnings(
     // Shadowed entries: every pattern of the entry is either written identically in
     // an earlier entry, or an earlier entry has a catch-all pattern. (Deciding regex
     // inclusion in general is expensive; these two cases are the real-world mistakes.)
+    // The first pattern (in file order) that matches every probe is the catch-all:
+    // asked of the compiled router, not by compiling each pattern again (57 µs each).
+    let mut hits = vec![0usize; patterns.len()];
+    for probe in PROBES {
+        for m in config.router.all_matches(probe) {
+            hits[m.pattern] += 1;
+        }
+    }
+    let first_catch_all = hits.iter().position(|&n| n == PROBES.len());
+    // Patterns by entry, in one pass (a filter per entry is quadratic).
+    let mut by_entry: Vec<Vec<&(usize, String, Span)>> = vec![Vec::new(); config.entries.len()];
+    for p in patterns {
+        by_entry[p.0].push(p);
+    }
     let mut catch_all: Option<(usize, &str)> = None;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, entry) in config.entries.iter().enumerate() {
         if entry.mode != Mode::Http {
             continue;
         }
-        let mine: Vec<&(usize, String, Span)> = patterns.iter().filter(|p| p.0 == i).collect();
+        let mine = &by_entry[i];
         if let Some((by, pat)) = catch_all {
             let by_name = &config.entries[by].name;
             out.push(warn(
@@ -84,14 +98,12 @@ pub fn warnings(
                 None,
             ));
         }
-        for (_, p, _) in &mine {
+        for (_, p, _) in mine {
             seen.entry(p.to_lowercase()).or_insert(i);
-            if catch_all.is_none() {
-                if let Ok(re) = crate::route::compile_one(p) {
-                    if PROBES.iter().all(|probe| re.is_match(probe)) {
-                        catch_all = Some((i, p.as_str()));
-                    }
-                }
+        }
+        if catch_all.is_none() {
+            if let Some(k) = first_catch_all.filter(|&k| patterns[k].0 == i) {
+                catch_all = Some((i, patterns[k].1.as_str()));
             }
         }
     }

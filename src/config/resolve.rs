@@ -290,6 +290,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
 
     // Entries.
     let mut entries: Vec<Entry> = Vec::new();
+    // Entry name -> line of its section, for the uniqueness check (a linear search
+    // per entry is quadratic: 0.6 s at 10,000 entries).
+    let mut names: HashMap<String, usize> = HashMap::new();
     let mut patterns: Vec<(usize, String, Span)> = Vec::new();
     for (n, s) in entry_sections.iter().enumerate() {
         let ek = r.keys(s);
@@ -302,15 +305,16 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             Some(Value::Name(name)) => name.clone(),
             _ => format!("entry{}", n + 1),
         };
-        if let Some(prev) = entries.iter().find(|e| e.name == name) {
+        if let Some(&line) = names.get(&name) {
             let at = ek.one(Key::Name).map_or(s.span, |d| d.value_span);
-            let line = prev.span.line;
             r.error(
                 at,
                 format!("entry name `{name}` is already used by the entry on line {line}"),
                 None,
             );
         }
+
+        names.entry(name.clone()).or_insert(s.span.line);
 
         let server_ds = if ek.all(Key::ServerList).is_empty() {
             dk.all(Key::ServerList)
