@@ -2,7 +2,7 @@
 //! pipes and backend connection pool. Nothing here is shared with other workers
 //! but the `Live` configuration and the per-server atomics inside it.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -33,7 +33,8 @@ pub struct Worker {
     /// Client connections open on this worker.
     pub conns: Cell<usize>,
     /// Client connections waiting for their next request: closed at once on shutdown.
-    pub idle: RefCell<FxHashSet<RawFd>>,
+    /// (fd → deadline in ms): the sweeper shuts down those past their deadline.
+    pub idle: RefCell<FxHashMap<RawFd, u64>>,
     /// Reused buffer for the normalised path of the request being routed.
     pub path_scratch: RefCell<Vec<u8>>,
     /// Listening sockets of this worker, by address.
@@ -98,7 +99,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             pipes: PipePool::default(),
             backends: BackendPool::default(),
             conns: Cell::new(0),
-            idle: RefCell::new(FxHashSet::default()),
+            idle: RefCell::new(FxHashMap::default()),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
             listen_fds: RefCell::new(Vec::new()),
             log_buf: RefCell::new(Vec::new()),
@@ -106,6 +107,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             shutdown: spec.shutdown,
         });
         monoio::spawn(flush_log_every(w.clone(), Duration::from_millis(500)));
+        monoio::spawn(sweep_idle_every(w.clone(), Duration::from_millis(250)));
         let stops: Rc<Stops> = Rc::default();
         for (l, service) in spec.listeners {
             listen(&w, &stops, l, service);
@@ -141,9 +143,9 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         }
         // Draining: idle keep-alive clients go now; busy ones finish their request
         // (their response carries `Connection: close`).
-        for fd in w.idle.borrow().iter() {
+        for fd in w.idle.borrow_mut().drain().map(|(fd, _)| fd) {
             // SAFETY: plain syscall; the fd is open while it is in the set.
-            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
         // Draining: wait for the connections of this worker to finish.
         while w.conns.get() > 0 && !w.shutdown.deadline_passed() {
@@ -274,6 +276,28 @@ impl Worker {
         let mut buf = self.log_buf.borrow_mut();
         if !buf.is_empty() {
             crate::accesslog::submit(std::mem::take(&mut *buf));
+        }
+    }
+}
+
+/// Close keep-alive connections idle past their deadline (see `wait_request`):
+/// one timer per worker instead of one per connection. Removing the entry tells
+/// the connection it was swept; shutdown(2) wakes its readiness wait.
+async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
+    let mut due = Vec::new();
+    while !w.shutdown.started() {
+        monoio::time::sleep(every).await;
+        let now = crate::upstream::clock::now_ms();
+        w.idle.borrow_mut().retain(|fd, deadline| {
+            let keep = *deadline > now;
+            if !keep {
+                due.push(*fd);
+            }
+            keep
+        });
+        for fd in due.drain(..) {
+            // SAFETY: plain syscall; the fd is open while its connection waits.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
     }
 }
