@@ -131,6 +131,11 @@ impl RawFile {
 
 /// Parse a whole file. Never panics, whatever the bytes.
 pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
+    parse_with(file, bytes, PARALLEL_FROM)
+}
+
+/// [`parse`], on several threads from `parallel_from` lines on.
+fn parse_with(file: &str, bytes: &[u8], parallel_from: usize) -> RawFile {
     let mut raw = RawFile {
         file: file.to_string(),
         lines: Vec::new(),
@@ -165,134 +170,195 @@ pub fn parse(file: &str, bytes: &[u8]) -> RawFile {
     if text.trim().is_empty() {
         return raw; // resolve reports "no [PROXY_ENTRY]"
     }
+    // Lines are independent until sections are assembled: a big file (10,000
+    // entries) is parsed on as many threads as there are cores, in chunks.
+    let per_line: Vec<Vec<LineItem>> = {
+        let raw_ref = &raw;
+        let n = raw.lines.len();
+        let threads = if n < parallel_from {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |t| t.get())
+                .min(8)
+        };
+        let chunk = n.div_ceil(threads);
+        let run = move |from: usize| -> Vec<Vec<LineItem>> {
+            (from..(from + chunk).min(n))
+                .map(|i| parse_line(raw_ref, i + 1))
+                .collect()
+        };
+        if threads == 1 {
+            run(0)
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| scope.spawn(move || run(t * chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        }
+    };
     let mut current: Option<Section> = None;
-    for i in 0..raw.lines.len() {
-        let lineno = i + 1;
-        let line = raw.lines[i].as_str();
-        if line.len() > MAX_LINE {
-            let e = raw.diag(
-                Severity::Error,
-                Span {
-                    line: lineno,
-                    col: MAX_LINE + 1,
-                },
-                format!("line is longer than {MAX_LINE} bytes"),
-                None,
-            );
-            raw.errors.push(e);
-            if let Some(s) = current.as_mut() {
-                s.had_errors = true;
-            }
-            continue;
-        }
-        if let Some(pos) = line.find(|c: char| c.is_control() && c != '\t') {
-            let col = line[..pos].chars().count() + 1;
-            let e = raw.diag(
-                Severity::Error,
-                Span { line: lineno, col },
-                "control character in the line (is this really a config file?)",
-                None,
-            );
-            raw.errors.push(e);
-            if let Some(s) = current.as_mut() {
-                s.had_errors = true;
-            }
-            continue;
-        }
-        match ConfigParser::parse(Rule::line, line) {
-            Err(e) => {
-                let d = if line.trim_start().starts_with('[') && !line.contains(']') {
-                    let col = line.trim_end().chars().count() + 1;
-                    let msg = "section header without its closing `]`";
-                    raw.diag(Severity::Error, Span { line: lineno, col }, msg, None)
-                } else {
-                    pest_error(&raw, lineno, line, e)
-                };
+    for item in per_line.into_iter().flatten() {
+        match item {
+            LineItem::Error(d) => {
                 raw.errors.push(d);
                 if let Some(s) = current.as_mut() {
                     s.had_errors = true;
                 }
             }
-            Ok(mut pairs) => {
-                let Some(line_pair) = pairs.next() else {
-                    continue;
-                };
-                for item in line_pair.into_inner() {
-                    match item.as_rule() {
-                        Rule::section => {
-                            let span = span_of(&item, lineno);
-                            let Some(kind) = item.into_inner().next() else {
-                                continue;
-                            };
-                            let unknown = kind.as_rule() == Rule::unknown_section;
-                            let kind = match kind.as_rule() {
-                                Rule::defaults_section => SectionKind::Defaults,
-                                Rule::entry_section => SectionKind::Entry,
-                                _ => {
-                                    let help = super::suggest::nearest(
-                                        kind.as_str(),
-                                        ["PROXY_DEFAULTS", "PROXY_ENTRY"],
-                                    );
-                                    let e = raw.diag(
-                                        Severity::Error,
-                                        span_of(&kind, lineno),
-                                        format!(
-                                            "unknown section [{}]: expected [PROXY_DEFAULTS] or [PROXY_ENTRY]",
-                                            kind.as_str()
-                                        ),
-                                        help,
-                                    );
-                                    raw.errors.push(e);
-                                    // Keep reading its lines into a throwaway section.
-                                    SectionKind::Entry
-                                }
-                            };
-                            if let Some(s) = current.take() {
-                                raw.sections.push(s);
-                            }
-                            current = Some(Section {
-                                kind,
-                                span,
-                                directives: Vec::new(),
-                                // No "missing X" errors about a section already
-                                // reported as unknown.
-                                had_errors: unknown,
-                            });
-                        }
-                        Rule::EOI => {}
-                        _ => match directive(item, lineno) {
-                            Ok(d) => match current.as_mut() {
-                                Some(s) => s.directives.push(d),
-                                None => {
-                                    let e = raw.diag(
-                                        Severity::Error,
-                                        d.span,
-                                        format!(
-                                            "`{}` outside of a section: expected [PROXY_DEFAULTS] or [PROXY_ENTRY] first",
-                                            d.key.name()
-                                        ),
-                                        None,
-                                    );
-                                    raw.errors.push(e);
-                                }
-                            },
-                            Err(e) => {
-                                let d = raw.diag(Severity::Error, e.0, e.1, e.2);
-                                raw.errors.push(d);
-                                if let Some(s) = current.as_mut() {
-                                    s.had_errors = true;
-                                }
-                            }
-                        },
-                    }
+            LineItem::Section {
+                kind,
+                span,
+                unknown,
+            } => {
+                let had_errors = unknown.is_some();
+                if let Some(e) = unknown {
+                    raw.errors.push(e);
                 }
+                if let Some(s) = current.take() {
+                    raw.sections.push(s);
+                }
+                current = Some(Section {
+                    kind,
+                    span,
+                    directives: Vec::new(),
+                    // No "missing X" errors about a section already reported as
+                    // unknown.
+                    had_errors,
+                });
             }
+            LineItem::Directive(d) => match current.as_mut() {
+                Some(s) => s.directives.push(d),
+                None => {
+                    let e = raw.diag(
+                        Severity::Error,
+                        d.span,
+                        format!(
+                            "`{}` outside of a section: expected [PROXY_DEFAULTS] or [PROXY_ENTRY] first",
+                            d.key.name()
+                        ),
+                        None,
+                    );
+                    raw.errors.push(e);
+                }
+            },
         }
     }
     if let Some(s) = current.take() {
         raw.sections.push(s);
     }
     raw
+}
+
+/// Files with at least this many lines are parsed on several threads.
+const PARALLEL_FROM: usize = 4096;
+
+/// What one line holds, in order.
+enum LineItem {
+    /// `unknown`: the error for a section name that is neither kind.
+    Section {
+        kind: SectionKind,
+        span: Span,
+        unknown: Option<Diagnostic>,
+    },
+    Directive(Directive),
+    Error(Diagnostic),
+}
+
+/// Parse line `lineno` (1-based) of the file on its own.
+fn parse_line(raw: &RawFile, lineno: usize) -> Vec<LineItem> {
+    let line = raw.lines[lineno - 1].as_str();
+    let mut out = Vec::new();
+    if line.len() > MAX_LINE {
+        let e = raw.diag(
+            Severity::Error,
+            Span {
+                line: lineno,
+                col: MAX_LINE + 1,
+            },
+            format!("line is longer than {MAX_LINE} bytes"),
+            None,
+        );
+        out.push(LineItem::Error(e));
+        return out;
+    }
+    if let Some(pos) = line.find(|c: char| c.is_control() && c != '\t') {
+        let col = line[..pos].chars().count() + 1;
+        let e = raw.diag(
+            Severity::Error,
+            Span { line: lineno, col },
+            "control character in the line (is this really a config file?)",
+            None,
+        );
+        out.push(LineItem::Error(e));
+        return out;
+    }
+    let pairs = match ConfigParser::parse(Rule::line, line) {
+        Err(e) => {
+            let d = if line.trim_start().starts_with('[') && !line.contains(']') {
+                let col = line.trim_end().chars().count() + 1;
+                let msg = "section header without its closing `]`";
+                raw.diag(Severity::Error, Span { line: lineno, col }, msg, None)
+            } else {
+                pest_error(raw, lineno, line, e)
+            };
+            out.push(LineItem::Error(d));
+            return out;
+        }
+        Ok(mut pairs) => match pairs.next() {
+            Some(p) => p,
+            None => return out,
+        },
+    };
+    for item in pairs.into_inner() {
+        match item.as_rule() {
+            Rule::section => {
+                let span = span_of(&item, lineno);
+                let Some(kind) = item.into_inner().next() else {
+                    continue;
+                };
+                let mut unknown = None;
+                let kind = match kind.as_rule() {
+                    Rule::defaults_section => SectionKind::Defaults,
+                    Rule::entry_section => SectionKind::Entry,
+                    _ => {
+                        let help = super::suggest::nearest(
+                            kind.as_str(),
+                            ["PROXY_DEFAULTS", "PROXY_ENTRY"],
+                        );
+                        let e = raw.diag(
+                            Severity::Error,
+                            span_of(&kind, lineno),
+                            format!(
+                                "unknown section [{}]: expected [PROXY_DEFAULTS] or [PROXY_ENTRY]",
+                                kind.as_str()
+                            ),
+                            help,
+                        );
+                        unknown = Some(e);
+                        // Keep reading its lines into a throwaway section.
+                        SectionKind::Entry
+                    }
+                };
+                out.push(LineItem::Section {
+                    kind,
+                    span,
+                    unknown,
+                });
+            }
+            Rule::EOI => {}
+            _ => match directive(item, lineno) {
+                Ok(d) => out.push(LineItem::Directive(d)),
+                Err(e) => out.push(LineItem::Error(raw.diag(Severity::Error, e.0, e.1, e.2))),
+            },
+        }
+    }
+    out
 }
 
 fn span_of(pair: &Pair<Rule>, line: usize) -> Span {
@@ -528,5 +594,40 @@ fn addr_text(pair: &Pair<Rule>) -> AddrText {
         Rule::unix_addr => AddrText::Unix(a),
         Rule::ipv6_addr => AddrText::Ipv6 { host: a, port: b },
         _ => AddrText::HostPort { host: a, port: b },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parallel path gives exactly what the sequential one gives, errors and
+    /// their order included.
+    #[test]
+    fn parallel_parse_matches_sequential() {
+        let mut text = String::from("[PROXY_DEFAULTS]\nListen 127.0.0.1:8080\n");
+        for i in 0..700 {
+            text.push_str(&format!(
+                "[PROXY_ENTRY]\nName e{i}\nMatch ^/s{i}/\nServerList 127.0.0.1:{}\n",
+                1000 + i
+            ));
+            if i % 97 == 0 {
+                text.push_str("Bogus key\nAttemptsCount x\n[NOPE]\n");
+            }
+        }
+        let seq = parse_with("f", text.as_bytes(), usize::MAX);
+        for threshold in [1, 10] {
+            let par = parse_with("f", text.as_bytes(), threshold);
+            assert_eq!(par.errors, seq.errors);
+            assert_eq!(par.sections.len(), seq.sections.len());
+            for (a, b) in par.sections.iter().zip(&seq.sections) {
+                assert_eq!(a.directives, b.directives);
+                assert_eq!(
+                    (a.kind.clone(), a.span, a.had_errors),
+                    (b.kind.clone(), b.span, b.had_errors)
+                );
+            }
+        }
+        assert!(!seq.errors.is_empty());
     }
 }
