@@ -93,6 +93,26 @@ impl Listener {
         })
     }
 
+    /// HTTP listeners: let the kernel hand over a connection only once its first
+    /// bytes are in (TCP_DEFER_ACCEPT, as HAProxy's `defer-accept`), so the first
+    /// read of a new connection needs no readiness round trip. Not for tcp
+    /// entries: a server-speaks-first protocol would stall.
+    pub fn defer_accept(&self) {
+        if matches!(self.addr, Address::Inet(_)) {
+            let secs: libc::c_int = 1;
+            // SAFETY: valid pointer and size for an int socket option.
+            unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_DEFER_ACCEPT,
+                    &secs as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+
     /// Another handle on the same socket (unix listeners are shared by workers).
     pub fn try_clone(&self) -> io::Result<Listener> {
         Ok(Listener {
@@ -171,7 +191,7 @@ impl Registered {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let tcp = matches!(self.io, ListenIo::Tcp(_));
         let peer = if tcp {
-            let _ = socket2::SockRef::from(&owned).set_nodelay(true);
+            // TCP_NODELAY is inherited from the listener: no setsockopt per accept.
             // SAFETY: the kernel filled `len` bytes of a sockaddr_storage.
             let sa = unsafe { socket2::SockAddr::new(storage, len) };
             Peer {

@@ -26,8 +26,22 @@ use crate::upstream::ServerState;
 /// idle wait; everything a request needs (head reading, routing, the exchange,
 /// bodies) lives in one boxed future per request.
 pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
-    // Bytes of the next request already read (pipelining), if any.
+    // Bytes of the next request already read (pipelining), if any. HTTP
+    // listeners defer accept until the first bytes are in, so a new connection
+    // is read at once, without a readiness round trip; one that still has
+    // nothing (the defer period ran out) waits like an idle one.
     let mut carry: Option<Vec<u8>> = None;
+    if client.is_tcp() {
+        let mut b = w.bufs.take();
+        match nio::try_read(&client, &mut b, http::MAX_HEAD) {
+            Ok(n) if n > 0 => carry = Some(b),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => w.bufs.give(b),
+            _ => {
+                w.bufs.give(b);
+                return;
+            }
+        }
+    }
     loop {
         let buf = match carry.take() {
             Some(b) if !b.is_empty() => b,

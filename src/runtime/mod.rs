@@ -88,6 +88,9 @@ pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
             bound.push(*a);
         }
         for (list, l) in per_worker.iter_mut().zip(bind_for_workers(addr, threads)?) {
+            if *service == Service::Http {
+                l.defer_accept();
+            }
             list.push((l, *service));
         }
     }
@@ -195,6 +198,9 @@ impl Running {
                 probe_free(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             }
             let ls = bind_for_workers(addr, self.ctrl.len()).map_err(|e| format!("{e:#}"))?;
+            if *service == Service::Http {
+                ls.iter().for_each(Listener::defer_accept);
+            }
             opened.push((ls, *service));
         }
         self.live.store(Arc::new(new));
