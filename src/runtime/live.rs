@@ -34,17 +34,24 @@ impl Live {
     /// same address) keep their state: offline marks, counters, connections. A
     /// route whose servers and patterns are unchanged keeps its request counters.
     pub fn build(config: Config, previous: Option<&Live>, workers: usize) -> Live {
+        // Old entries by name: a reload of 10,000 entries must not compare every
+        // name with every other.
+        let old_index: std::collections::HashMap<&str, usize> = previous
+            .map(|p| {
+                p.config
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.name.as_str(), i))
+                    .collect()
+            })
+            .unwrap_or_default();
         let entries = config
             .entries
             .iter()
             .map(|e| {
-                let old = previous.and_then(|p| {
-                    p.config
-                        .entries
-                        .iter()
-                        .position(|o| o.name == e.name)
-                        .map(|i| &p.entries[i])
-                });
+                let old_i = old_index.get(e.name.as_str()).copied();
+                let old = previous.zip(old_i).map(|(p, i)| &p.entries[i]);
                 let servers = e
                     .servers
                     .iter()
@@ -58,9 +65,9 @@ impl Live {
                         .unwrap_or_else(|| Arc::new(ServerState::new(s.clone())))
                     })
                     .collect();
-                let same_shape = previous.is_some_and(|p| {
-                    let oe = p.config.entries.iter().find(|x| x.name == e.name);
-                    oe.is_some_and(|oe| oe.patterns == e.patterns && oe.servers == e.servers)
+                let same_shape = previous.zip(old_i).is_some_and(|(p, i)| {
+                    let oe = &p.config.entries[i];
+                    oe.patterns == e.patterns && oe.servers == e.servers
                 });
                 let stats = match old {
                     Some(o) if same_shape && o.stats.workers.len() == workers.max(1) => {
