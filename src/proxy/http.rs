@@ -1,24 +1,20 @@
 //! An HTTP/1.x client connection, top to bottom: wait for a request (holding no
-//! buffer while idle), read and check its head, route it, pick a server, connect
-//! (with availability and failover), run the exchange, repeat while keep-alive.
+//! buffer while idle), read and check its head, route it, hand it to
+//! [`super::forward`] (pick a server, connect with availability and failover, run
+//! the exchange), count and log it, repeat while keep-alive.
 
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balance::{PickContext, Tried};
-use crate::config::{Balancer, StickyKind};
 use crate::http::{self, BodyFraming, RequestError, RequestHead};
-use crate::net::connect::connect;
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
-use crate::proxy::exchange::{exchange, Fail, Request};
+use crate::proxy::forward;
 use crate::runtime::live::Live;
 use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
-use crate::upstream::ServerState;
 
 /// Serve one client connection until it closes.
 ///
@@ -96,7 +92,7 @@ async fn request(w: &Rc<Worker>, client: &Stream, peer: Peer, mut buf: Vec<u8>) 
     }
 }
 
-fn show(peer: Peer) -> String {
+pub(super) fn show(peer: Peer) -> String {
     peer.addr.map_or("unix".to_string(), |a| a.to_string())
 }
 
@@ -178,7 +174,7 @@ async fn read_head(
     }
 }
 
-async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worker) {
+pub(super) async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worker) {
     let mut out = w.bufs.take();
     http::error_response_with(status, true, extra_headers, &mut out);
     let _ = nio::write_all(client, &out, Duration::from_secs(5)).await;
@@ -186,17 +182,17 @@ async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worke
 }
 
 /// What happened to one request, for the statistics and the access log.
-struct Served {
-    status: u16,
-    server: Option<usize>,
-    bytes_to_client: u64,
-    body_from_client: u64,
+pub(super) struct Served {
+    pub(super) status: u16,
+    pub(super) server: Option<usize>,
+    pub(super) bytes_to_client: u64,
+    pub(super) body_from_client: u64,
     /// `Some(consumed)` to keep the client connection open.
-    keep: Option<usize>,
+    pub(super) keep: Option<usize>,
 }
 
 impl Served {
-    fn simian(status: u16, keep: Option<usize>) -> Served {
+    pub(super) fn simian(status: u16, keep: Option<usize>) -> Served {
         Served {
             status,
             server: None,
@@ -251,7 +247,7 @@ async fn handle(
             (s, None)
         }
         Some(route) => (
-            proxy(w, live, route.entry, client, peer, buf, head).await,
+            forward::proxy(w, live, route.entry, client, peer, buf, head).await,
             Some(route),
         ),
     };
@@ -349,253 +345,5 @@ impl LogFields {
         };
         w.log_line(&e);
         w.bufs.give(self.buf);
-    }
-}
-
-/// Pick a server of the entry, connect (with availability and failover), run the
-/// exchange; answer 502/503/504 when that is all that is left to do.
-async fn proxy(
-    w: &Worker,
-    live: &Arc<Live>,
-    entry_index: usize,
-    client: &Stream,
-    peer: Peer,
-    buf: &mut Vec<u8>,
-    head: &RequestHead,
-) -> Served {
-    let config = &live.config;
-    let entry = &config.entries[entry_index];
-    let rt = &live.entries[entry_index];
-    let idle = config.global.idle_timeout;
-
-    // Could this request be sent again if a pooled connection turns out dead?
-    let replayable =
-        head.framing == BodyFraming::None && !head.expect_continue && head.method.is_idempotent();
-    let sticky_key = entry.sticky.as_ref().and_then(|st| {
-        crate::upstream::sticky::cookie_value(head.headers(buf), st.cookie.as_bytes())
-            .map(|v| (st.kind, crate::balance::stable_hash(v)))
-    });
-    let mut tried = Tried::new(rt.servers.len());
-    let mut any_available = false;
-    let mut last_error = String::from("no server available");
-    let mut first_pick = true;
-    let rt_tracks_load = matches!(
-        entry.balancer,
-        Balancer::LeastBytes | Balancer::LeastTime | Balancer::Workload
-    );
-    loop {
-        let now = now_ms();
-        let cx = PickContext {
-            servers: &rt.servers,
-            client_ip: peer.ip(),
-            client_port: peer.port(),
-            now_ms: now,
-            tried: &tried,
-            max_connections: entry.max_connections,
-        };
-        // Hash mode stays on the cookie's rendezvous order through failover (the
-        // next server by hash is where the cookie lands for good once its server
-        // is offline); table mode looks the cookie up once, then the balancer.
-        let pick = match sticky_key {
-            Some((StickyKind::Hash, key)) => crate::balance::rendezvous_with(key, &rt.salts, &cx),
-            Some((StickyKind::Table, key)) if first_pick => {
-                sticky_table_pick(rt, key, &cx, entry, peer)
-            }
-            _ => rt.balancer.pick(&cx),
-        };
-        first_pick = false;
-        let Some(i) = pick else { break };
-        tried.insert(i);
-        let server = &rt.servers[i];
-        let Some(probe) = server.acquire(now) else {
-            continue; // another request is probing it
-        };
-        // A probe that ends without a verdict gives its slot back.
-        let _probe_guard = ProbeGuard(server, probe);
-        let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
-            continue;
-        };
-        let started_ms = if rt_tracks_load { now_ms() } else { 0 };
-        any_available = true;
-        let addr = &server.spec.addr;
-        let mut fresh_retry = false;
-        loop {
-            let (backend, reused) = match (!fresh_retry)
-                .then(|| w.backends.take(addr, replayable))
-                .flatten()
-            {
-                Some(b) => (b, true),
-                None => match connect(addr, entry.timeouts.connect).await {
-                    Ok(b) => {
-                        server.connect_succeeded();
-                        (b, false)
-                    }
-                    Err(e) => {
-                        server.connect_failed(&entry.availability, now_ms());
-                        crate::warn!(
-                            "entry {}: connect to {} failed: {e}",
-                            entry.name,
-                            server.spec.text
-                        );
-                        last_error = format!("connect to {}: {e}", server.spec.text);
-                        break;
-                    }
-                },
-            };
-            let req = Request {
-                head,
-                peer,
-                entry,
-                reused,
-                idle,
-            };
-            match exchange(w, client, &backend, buf, &req).await {
-                Ok(done) => {
-                    if probe {
-                        // The probe succeeded, maybe over a pooled connection.
-                        server.connect_succeeded();
-                    }
-                    if rt_tracks_load {
-                        // fproxy's LeastBytes / LeastTime / Workload inputs.
-                        let bytes =
-                            head.head_len as u64 + done.body_from_client + done.bytes_to_client;
-                        server.bytes.fetch_add(bytes, Relaxed);
-                        server
-                            .busy_ms
-                            .fetch_add(now_ms().saturating_sub(started_ms), Relaxed);
-                    }
-                    let served = Served {
-                        status: done.status,
-                        server: Some(i),
-                        bytes_to_client: done.bytes_to_client,
-                        body_from_client: done.body_from_client,
-                        keep: done.client_keep_alive.then_some(done.consumed),
-                    };
-                    if done.backend_reusable {
-                        w.backends.put(addr, backend);
-                    }
-                    if let (Some((StickyKind::Table, key)), Some(table)) = (sticky_key, &rt.sticky)
-                    {
-                        // Remember (or move, after a failover) the cookie's server.
-                        table.assign(key, server, now_ms());
-                    }
-                    return served;
-                }
-                Err(Fail::Replayable(e)) => {
-                    crate::debug!(
-                        "pooled connection to {} failed ({e}); retrying on a fresh one",
-                        server.spec.text
-                    );
-                    fresh_retry = true;
-                }
-                Err(Fail::Status(status, why)) => {
-                    backend.set_linger_zero();
-                    crate::warn!(
-                        "entry {}: {status} for client {}: {why} (server {})",
-                        entry.name,
-                        show(peer),
-                        server.spec.text
-                    );
-                    send_error(client, status, "", w).await;
-                    return Served {
-                        server: Some(i),
-                        ..Served::simian(status, None)
-                    };
-                }
-                Err(Fail::Abort(why)) => {
-                    backend.set_linger_zero();
-                    crate::info!(
-                        "entry {}: connection with client {} aborted: {why}",
-                        entry.name,
-                        show(peer)
-                    );
-                    // 499 in the log, as nginx does for a client that went away.
-                    return Served {
-                        server: Some(i),
-                        ..Served::simian(499, None)
-                    };
-                }
-            }
-        }
-    }
-    let (status, extra) = if any_available {
-        (502, "")
-    } else {
-        (503, "Retry-After: 1\r\n")
-    };
-    let why = if any_available {
-        last_error
-    } else {
-        "no server available (offline or at MaxConnections)".into()
-    };
-    crate::warn!(
-        "entry {}: {status} for client {}: {why}",
-        entry.name,
-        show(peer)
-    );
-    send_error(client, status, extra, w).await;
-    Served::simian(status, None)
-}
-
-/// `StickyCookie NAME table`: the cookie's server while it is usable; else a new
-/// one from the entry's balancer (recorded once the request succeeds).
-fn sticky_table_pick(
-    rt: &crate::runtime::live::EntryRuntime,
-    key: u64,
-    cx: &PickContext,
-    entry: &crate::config::Entry,
-    peer: Peer,
-) -> Option<usize> {
-    let table = rt.sticky.as_ref()?;
-    if let Some(s) = table.get(key, cx.now_ms) {
-        match rt.servers.iter().position(|x| Arc::ptr_eq(x, &s)) {
-            Some(i) if cx.usable(i) => return Some(i),
-            Some(_) => crate::info!(
-                "entry {}: sticky server {} unavailable for client {}: reassigning its cookie",
-                entry.name,
-                s.spec.text,
-                show(peer)
-            ),
-            None => {}
-        }
-    }
-    rt.balancer.pick(cx)
-}
-
-/// Releases an unused probe slot when the attempt ends (a successful or failed
-/// connect has already settled it: then this is a no-op).
-struct ProbeGuard<'a>(&'a ServerState, bool);
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.release_probe();
-        }
-    }
-}
-
-/// One request in flight on a server: counts in `active` and keeps MaxConnections
-/// exact under concurrency (check and increment are one atomic step).
-struct ActiveSlot<'a>(&'a ServerState);
-
-impl<'a> ActiveSlot<'a> {
-    fn acquire(s: &'a ServerState, max: Option<u32>) -> Option<ActiveSlot<'a>> {
-        match max {
-            None => {
-                s.active.fetch_add(1, Relaxed);
-            }
-            Some(m) => {
-                s.active
-                    .fetch_update(AcqRel, Relaxed, |a| (a < m).then_some(a + 1))
-                    .ok()?;
-            }
-        }
-        Some(ActiveSlot(s))
-    }
-}
-
-impl Drop for ActiveSlot<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
     }
 }

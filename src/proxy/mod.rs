@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod exchange;
+pub mod forward;
 pub mod http;
 pub mod statistics;
 pub mod tcp;
