@@ -17,6 +17,26 @@ use super::fields::{list_items, named_in_connection, Headers};
 use super::request::RequestHead;
 use super::response::ResponseHead;
 
+/// Append an IP address as text: IPv4 without the `fmt` machinery, which costs
+/// more per request than the rest of the header rewrite (perf).
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(b.format(o).as_bytes());
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
 pub struct ForwardInfo<'a> {
     /// Client address for `X-Forwarded-For`; `None` (a unix socket client)
     /// is written as `unknown`, the RFC 7239 spelling for it.
@@ -116,11 +136,10 @@ pub fn write_request_head(
             out.extend_from_slice(b", ");
         }
     }
-    // Writing into a Vec cannot fail.
-    let _ = match info.client_ip {
-        Some(ip) => write!(out, "{ip}"),
-        None => out.write_all(b"unknown"),
-    };
+    match info.client_ip {
+        Some(ip) => push_ip(out, ip),
+        None => out.extend_from_slice(b"unknown"),
+    }
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(info.proto.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");

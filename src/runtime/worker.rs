@@ -268,14 +268,20 @@ impl Worker {
         let mut buf = self.log_buf.borrow_mut();
         crate::accesslog::format(&mut buf, date.1.as_bytes(), e);
         if buf.len() >= crate::accesslog::FLUSH_AT {
-            crate::accesslog::submit(std::mem::take(&mut *buf));
+            crate::accesslog::submit(std::mem::replace(
+                &mut *buf,
+                crate::accesslog::spare_buffer(),
+            ));
         }
     }
 
     pub fn flush_log(&self) {
         let mut buf = self.log_buf.borrow_mut();
         if !buf.is_empty() {
-            crate::accesslog::submit(std::mem::take(&mut *buf));
+            crate::accesslog::submit(std::mem::replace(
+                &mut *buf,
+                crate::accesslog::spare_buffer(),
+            ));
         }
     }
 }
