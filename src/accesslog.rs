@@ -20,7 +20,9 @@ enum Msg {
 static TX: OnceLock<flume::Sender<Msg>> = OnceLock::new();
 /// Written buffers on their way back to the workers, so a worker does not grow a
 /// fresh 64 KiB buffer (and the log thread free one) every 600 lines.
-static SPARE: OnceLock<(flume::Sender<Vec<u8>>, flume::Receiver<Vec<u8>>)> = OnceLock::new();
+static SPARE: OnceLock<Channel<Vec<u8>>> = OnceLock::new();
+
+type Channel<T> = (flume::Sender<T>, flume::Receiver<T>);
 
 /// A buffer for a worker's next lines: a returned one if any.
 pub fn spare_buffer() -> Vec<u8> {
