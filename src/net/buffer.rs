@@ -8,9 +8,10 @@ use std::cell::RefCell;
 pub const BUF_SIZE: usize = 16 * 1024;
 /// Buffers that grew past this (a huge head, a copy-path body) are not kept.
 const KEEP_MAX: usize = 128 * 1024;
-/// Enough for every connection a worker serves concurrently in practice; beyond it
-/// buffers are freed.
-const POOL_MAX: usize = 1024;
+/// A request in flight uses up to four (request, response, head out, log fields);
+/// 256 covers 64 busy connections per worker without malloc. Beyond it buffers are
+/// freed, so a burst of thousands of connections does not stay in RSS afterwards.
+const POOL_MAX: usize = 256;
 
 #[derive(Default)]
 pub struct BufPool {
