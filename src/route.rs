@@ -288,15 +288,6 @@ impl Router {
     pub fn first_pattern_of(&self, entry: usize) -> usize {
         self.entry_of.partition_point(|e| *e < entry)
     }
-
-    /// Pattern indexes of one entry.
-    pub fn patterns_of(&self, entry: usize) -> impl Iterator<Item = usize> + '_ {
-        self.entry_of
-            .iter()
-            .enumerate()
-            .filter(move |(_, e)| **e == entry)
-            .map(|(i, _)| i)
-    }
 }
 
 #[cfg(test)]

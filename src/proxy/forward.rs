@@ -16,7 +16,7 @@ use crate::proxy::exchange::{exchange, Fail, Request};
 use crate::runtime::live::Live;
 use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
-use crate::upstream::ServerState;
+use crate::upstream::server::{ActiveSlot, ProbeGuard};
 
 /// Pick a server of the entry, connect (with availability and failover), run the
 /// exchange; answer 502/503/504 when that is all that is left to do.
@@ -226,42 +226,4 @@ fn sticky_table_pick(
         }
     }
     rt.balancer.pick(cx)
-}
-
-/// Releases an unused probe slot when the attempt ends (a successful or failed
-/// connect has already settled it: then this is a no-op).
-struct ProbeGuard<'a>(&'a ServerState, bool);
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.release_probe();
-        }
-    }
-}
-
-/// One request in flight on a server: counts in `active` and keeps MaxConnections
-/// exact under concurrency (check and increment are one atomic step).
-struct ActiveSlot<'a>(&'a ServerState);
-
-impl<'a> ActiveSlot<'a> {
-    fn acquire(s: &'a ServerState, max: Option<u32>) -> Option<ActiveSlot<'a>> {
-        match max {
-            None => {
-                s.active.fetch_add(1, Relaxed);
-            }
-            Some(m) => {
-                s.active
-                    .fetch_update(AcqRel, Relaxed, |a| (a < m).then_some(a + 1))
-                    .ok()?;
-            }
-        }
-        Some(ActiveSlot(s))
-    }
-}
-
-impl Drop for ActiveSlot<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-    }
 }

@@ -3,7 +3,6 @@
 //! availability rules apply, with failover on connect errors), then tunnel.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use crate::balance::{PickContext, Tried};
 use crate::config::Address;
@@ -13,6 +12,7 @@ use crate::net::{io as nio, Stream};
 use crate::proxy::tunnel;
 use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
+use crate::upstream::server::{ActiveSlot, ProbeGuard};
 
 pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address) {
     let live = w.live.load_full();
@@ -58,9 +58,14 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
         };
         tried.insert(i);
         let server = &rt.servers[i];
-        if !server.try_acquire(now) {
+        let Some(probe) = server.acquire(now) else {
             continue;
-        }
+        };
+        let _probe_guard = ProbeGuard(server, probe);
+        // The same exact MaxConnections as http entries (a tunnel is a request).
+        let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
+            continue;
+        };
         let backend = match connect(&server.spec.addr, entry.timeouts.connect).await {
             Ok(b) => {
                 server.connect_succeeded();
@@ -76,20 +81,11 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
                 continue;
             }
         };
-        server
-            .active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !first.is_empty() && nio::write_all(&backend, &first, idle).await.is_err() {
-            server
-                .active
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let start = now_ms();
         let moved = tunnel::run_with(w, &client, &backend, idle, entry.splice).await;
-        server
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         server.bytes.fetch_add(
             moved.a_to_b + moved.b_to_a + first.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -106,5 +102,4 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
         entry.name,
         peer.addr
     );
-    let _ = Duration::ZERO;
 }

@@ -55,7 +55,7 @@ impl ServerState {
     }
 
     /// Is it worth trying this server now? Cheap, no side effect: balancers call it
-    /// while scanning. The probe slot is claimed by [`ServerState::try_acquire`].
+    /// while scanning. The probe slot is claimed by [`ServerState::acquire`].
     pub fn is_available(&self, now_ms: u64) -> bool {
         if self.health_down.load(Relaxed) {
             return false;
@@ -64,15 +64,11 @@ impl ServerState {
         until == 0 || (now_ms >= until && !self.probing.load(Relaxed))
     }
 
-    /// Claim the server for a connect attempt. For a server whose offline window
-    /// has expired only one caller (process-wide) wins the probe.
-    pub fn try_acquire(&self, now_ms: u64) -> bool {
-        self.acquire(now_ms).is_some()
-    }
-
-    /// [`ServerState::try_acquire`], saying whether this caller is the probe
-    /// (`Some(true)`): a probe must end with `connect_succeeded`, `connect_failed`
-    /// or `release_probe`, whatever connection it used.
+    /// Claim the server for an attempt: `None` to skip it, `Some(true)` when this
+    /// caller is the probe of a server whose offline window has expired (only one
+    /// caller, process-wide, wins it). A probe must end with `connect_succeeded`,
+    /// `connect_failed` or `release_probe` (see [`ProbeGuard`]), whatever connection
+    /// it used.
     pub fn acquire(&self, now_ms: u64) -> Option<bool> {
         if self.health_down.load(Relaxed) {
             return None;
@@ -89,7 +85,7 @@ impl ServerState {
         .then_some(true)
     }
 
-    /// Give back a probe slot won by [`ServerState::try_acquire`] but not used
+    /// Give back a probe slot won by [`ServerState::acquire`] but not used
     /// (the server turned out to be at its MaxConnections).
     pub fn release_probe(&self) {
         if self.probing.load(Relaxed) {
@@ -126,6 +122,44 @@ impl ServerState {
     }
 }
 
+/// Releases an unused probe slot when the attempt ends (a successful or failed
+/// connect has already settled it: then this is a no-op).
+pub struct ProbeGuard<'a>(pub &'a ServerState, pub bool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.release_probe();
+        }
+    }
+}
+
+/// One request in flight on a server: counts in `active` and keeps MaxConnections
+/// exact under concurrency (check and increment are one atomic step).
+pub struct ActiveSlot<'a>(&'a ServerState);
+
+impl<'a> ActiveSlot<'a> {
+    pub fn acquire(s: &'a ServerState, max: Option<u32>) -> Option<ActiveSlot<'a>> {
+        match max {
+            None => {
+                s.active.fetch_add(1, Relaxed);
+            }
+            Some(m) => {
+                s.active
+                    .fetch_update(AcqRel, Relaxed, |a| (a < m).then_some(a + 1))
+                    .ok()?;
+            }
+        }
+        Some(ActiveSlot(s))
+    }
+}
+
+impl Drop for ActiveSlot<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,16 +186,16 @@ mod tests {
         assert!(s.is_available(1000));
         s.connect_failed(&a, 1001);
         assert!(!s.is_available(1002));
-        assert!(!s.try_acquire(2999));
+        assert!(s.acquire(2999).is_none());
         // Window over: exactly one probe.
         assert!(s.is_available(3001));
-        assert!(s.try_acquire(3001));
-        assert!(!s.try_acquire(3001));
+        assert_eq!(s.acquire(3001), Some(true));
+        assert!(s.acquire(3001).is_none());
         assert!(!s.is_available(3001));
         // The probe fails: offline again for the whole window.
         s.connect_failed(&a, 3002);
         assert!(!s.is_available(5000));
-        assert!(s.try_acquire(5002));
+        assert_eq!(s.acquire(5002), Some(true));
         s.connect_succeeded();
         assert!(s.is_available(5003));
         assert_eq!(s.failures.load(Relaxed), 0);
