@@ -8,25 +8,15 @@ simian pinned on CPU 1 with one thread, wrk and the origin nginx on CPU 0.
 """
 import argparse, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import cpu_seconds, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMIAN = os.path.join(ROOT, "target/release/simian")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK
 
 
-def wait_port(port, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"port {port} never opened")
 
 
 def get(port, path):
@@ -81,10 +71,10 @@ http {{ access_log off; keepalive_requests 100000000; client_body_temp_path {wor
         res = {"off": [], "on": []}
         for r in range(a.runs):
             for name, p, port in [("off", s_off, 29010), ("on", s_on, 29011)]:
-                c0 = cpu(p.pid)
+                c0 = cpu_seconds(p.pid)
                 out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{a.duration}s",
                                       f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
-                c1 = cpu(p.pid)
+                c1 = cpu_seconds(p.pid)
                 rps = float(out.split("Requests/sec:")[1].split()[0])
                 reqs = int(out.split(" requests in")[0].split()[-1])
                 res[name].append((rps, (c1 - c0) * 1e6 / reqs))

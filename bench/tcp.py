@@ -10,41 +10,17 @@ of N runs, targets interleaved.
 """
 import argparse, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import cpu_seconds, wait_port  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMIAN = os.path.join(ROOT, "target/release/simian")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid):
-    total = 0
-    for p in [pid] + children(pid):
-        # (children still running are counted directly)
-        try:
-            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            # utime + stime, and cutime + cstime: socat forks a child per
-            # connection, whose time lands in the parent's once it is reaped.
-            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-        except OSError:
-            pass
-    return total / CLK
 
 
-def children(pid):
-    try:
-        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        return []
 
 
-def wait_port(port, timeout=10):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
 
 
 def fetch(port, path):
@@ -128,12 +104,12 @@ backend o
         results = {k: [] for k in targets}
         for r in range(a.runs):
             for name, (p, port) in targets.items():
-                c0 = cpu_seconds(p.pid) if p else 0
+                c0 = cpu_seconds(p.pid, with_children=True) if p else 0
                 t0 = time.time()
                 n = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--fetch", str(port)],
                                    capture_output=True, text=True).stdout.strip()
                 dt = time.time() - t0
-                c1 = cpu_seconds(p.pid) if p else 0
+                c1 = cpu_seconds(p.pid, with_children=True) if p else 0
                 got = int(n or 0)
                 if got < a.size_mib << 20:
                     print(f"  {name}: short read {got}", file=sys.stderr)
