@@ -107,6 +107,7 @@ per_driver!(
     malformed_requests,
     slowloris_cut_off,
     idle_timeout,
+    parked_connections,
     backend_timeout_504,
     threads_modes,
 );
@@ -1242,6 +1243,104 @@ fn idle_timeout(d: Driver) {
         e >= Duration::from_millis(800) && e <= Duration::from_secs(4),
         "silent connection closed after {e:?}"
     );
+}
+
+/// `(client_connections, parked_connections)` from the statistics JSON, read on a
+/// connection of its own (closed, so not counted the next time).
+fn connection_counts(p: &Proxy) -> (u64, u64) {
+    let mut c = p.client();
+    let r = c.get_with("/stats?format=json", "Connection: close\r\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body.bytes).expect("statistics JSON");
+    let n = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("no {k} in {j}"));
+    (n("client_connections"), n("parked_connections"))
+}
+
+/// Wait until the counts are `want` (the statistics connection itself included
+/// in the first), at most `within`.
+fn wait_counts(p: &Proxy, want: (u64, u64), within: Duration) -> (u64, u64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = connection_counts(p);
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Keep-alive connections idle for more than half a second give up their task
+/// and wait in the worker's epoll set (docs/decisions.md, "parked connections"):
+/// each is served again on its next request, whatever arrives first; a parked
+/// client that closes is counted out; IdleTimeout still applies; SIGTERM closes
+/// them at once.
+fn parked_connections(d: Driver) {
+    let b = Backend::fixed("ok");
+    let mut p = Proxy::start_with(
+        &conf1("IdleTimeout 4s\nStatisticsURL /stats", &b.addr()),
+        Options::driver(d).threads(2),
+    );
+    let mut clients: Vec<Client> = (0..20).map(|_| p.client()).collect();
+    for c in &mut clients {
+        assert_eq!(c.get("/a").status, 200);
+    }
+    // Parked between 0.5 and 0.75 s of idleness.
+    assert_eq!(wait_counts(&p, (21, 20), Duration::from_secs(3)), (21, 20));
+    // Served again: a GET, a pipelined pair, a request trickling in.
+    assert_eq!(clients[0].get("/b").status, 200);
+    clients[1].send(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\nGET /d HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(clients[1].read_response().status, 200);
+    assert_eq!(clients[1].read_response().status, 200);
+    clients[2].send(b"GET /e HT");
+    thread::sleep(Duration::from_millis(100));
+    clients[2].send(b"TP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(clients[2].read_response().status, 200);
+    let (open, parked) = connection_counts(&p);
+    assert_eq!(open, 21);
+    assert!(
+        parked <= 17,
+        "{parked} parked right after 3 of 20 were used"
+    );
+    // And parked again; five clients leave while parked.
+    for c in clients.drain(15..) {
+        drop(c);
+    }
+    assert_eq!(wait_counts(&p, (16, 15), Duration::from_secs(3)), (16, 15));
+    // Each of the 15 still works after being parked twice.
+    for c in &mut clients {
+        let r = c.get("/f");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "ok");
+    }
+    // IdleTimeout (4 s from the last request) closes parked connections.
+    let t = Instant::now();
+    clients[0].expect_closed(Duration::from_secs(6));
+    let e = t.elapsed();
+    assert!(
+        e >= Duration::from_millis(3500) && e <= Duration::from_secs(6),
+        "parked connection closed after {e:?}, IdleTimeout 4s"
+    );
+    assert_eq!(wait_counts(&p, (1, 0), Duration::from_secs(2)), (1, 0));
+    // SIGTERM with parked connections: closed at once, exit 0.
+    let mut more: Vec<Client> = (0..5).map(|_| p.client()).collect();
+    for c in &mut more {
+        assert_eq!(c.get("/g").status, 200);
+    }
+    assert_eq!(wait_counts(&p, (6, 5), Duration::from_secs(3)), (6, 5));
+    let t = Instant::now();
+    let st = p
+        .terminate(Duration::from_secs(3))
+        .expect("simian still running 3 s after SIGTERM");
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    for c in &mut more {
+        c.expect_closed(Duration::from_secs(1));
+    }
+    assert_eq!(b.request_count(), 20 + 4 + 15 + 5);
 }
 
 /// `BackendTimeout 1s`: a backend that never answers gives 504 after about a

@@ -3,9 +3,11 @@
 //! [`super::forward`] (pick a server, connect with availability and failover, run
 //! the exchange), count and log it, repeat while keep-alive.
 
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::http::{self, BodyFraming, RequestError, RequestHead};
@@ -13,7 +15,8 @@ use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
 use crate::proxy::forward;
 use crate::runtime::live::Live;
-use crate::runtime::worker::Worker;
+use crate::runtime::park::PARK_AFTER;
+use crate::runtime::worker::{Idle, Worker};
 use crate::upstream::clock::now_ms;
 
 /// Serve one client connection until it closes.
@@ -46,8 +49,16 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
                     w.bufs.give(b);
                 }
                 let idle = w.live.load().config.global.idle_timeout;
-                if w.shutdown.started() || !wait_request(w, &client, idle).await {
+                if w.shutdown.started() {
                     return;
+                }
+                match wait_request(w, &client, idle).await {
+                    Wait::Request => {}
+                    Wait::Close => return,
+                    Wait::Park { deadline } => {
+                        w.park(client, deadline);
+                        return;
+                    }
                 }
                 w.bufs.take()
             }
@@ -96,18 +107,62 @@ pub(super) fn show(peer: Peer) -> String {
     peer.addr.map_or("unix".to_string(), |a| a.to_string())
 }
 
+/// How an idle wait ended.
+enum Wait {
+    /// The first bytes of a request (or EOF) are readable.
+    Request,
+    /// Closed, timed out, or shutdown asked idle connections to go.
+    Close,
+    /// Idle long enough: the sweeper asked it to give up its task.
+    Park { deadline: u64 },
+}
+
 /// Wait, holding no buffer, until the client sends the first byte of a request.
-/// False when it closed, timed out, or shutdown asked idle connections to go.
 ///
 /// No timer per connection (a monoio `Sleep` is 640 bytes, more than the rest of
 /// an idle connection): the deadline goes into the worker's idle map, and the
-/// worker's sweeper shuts the socket down when it passes, which wakes this wait.
-async fn wait_request(w: &Worker, client: &Stream, idle: Duration) -> bool {
-    let deadline = now_ms() + idle.as_millis() as u64;
-    w.idle.borrow_mut().insert(client.fd(), deadline);
-    let r = client.readable().await;
-    let swept = w.idle.borrow_mut().remove(&client.fd()).is_none();
-    r.is_ok() && !swept && !w.shutdown.started()
+/// worker's sweeper shuts the socket down when it passes, which wakes this wait;
+/// past [`PARK_AFTER`] the sweeper asks the connection to park instead.
+async fn wait_request(w: &Worker, client: &Stream, idle: Duration) -> Wait {
+    let fd = client.fd();
+    let now = now_ms();
+    let deadline = now + idle.as_millis() as u64;
+    w.idle.borrow_mut().insert(
+        fd,
+        Idle {
+            deadline,
+            park_at: now + PARK_AFTER.as_millis() as u64,
+            park: false,
+            waker: None,
+        },
+    );
+    // Readiness first: when both are ready, the request wins. Dropping the
+    // readiness wait (to park) loses nothing, it reads no data.
+    let mut readable = std::pin::pin!(client.readable());
+    let r = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        match w.idle.borrow_mut().get_mut(&fd) {
+            Some(e) if e.park => Poll::Ready(None),
+            Some(e) => {
+                if !e.waker.as_ref().is_some_and(|k| k.will_wake(cx.waker())) {
+                    e.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            // Swept: the shutdown(2) that follows wakes the readiness wait.
+            None => Poll::Pending,
+        }
+    })
+    .await;
+    let swept = w.idle.borrow_mut().remove(&fd).is_none();
+    match r {
+        _ if swept || w.shutdown.started() => Wait::Close,
+        Some(Ok(())) => Wait::Request,
+        Some(Err(_)) => Wait::Close,
+        None => Wait::Park { deadline },
+    }
 }
 
 enum HeadError {

@@ -6,7 +6,9 @@
 
 pub mod isolate;
 pub mod live;
+pub mod park;
 pub mod shutdown;
+pub mod trim;
 pub mod worker;
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::net::listen::{Listener, Registered};
 use crate::net::splice::PipePool;
 use crate::runtime::isolate::Isolated;
 use crate::runtime::live::Live;
+use crate::runtime::park::Parking;
 use crate::runtime::shutdown::Shutdown;
 use crate::stats::counters::PROCESS;
 use crate::upstream::pool::BackendPool;
@@ -32,9 +33,14 @@ pub struct Worker {
     pub backends: BackendPool,
     /// Client connections open on this worker.
     pub conns: Cell<usize>,
-    /// Client connections waiting for their next request: closed at once on shutdown.
-    /// (fd → deadline in ms): the sweeper shuts down those past their deadline.
-    pub idle: RefCell<FxHashMap<RawFd, u64>>,
+    /// Client connections waiting in their task for their next request: closed at
+    /// once on shutdown; the sweeper shuts down those past their deadline and asks
+    /// those idle past `park::PARK_AFTER` to park.
+    pub idle: RefCell<FxHashMap<RawFd, Idle>>,
+    /// Connections idle long enough to give up their task.
+    pub parked: Parking,
+    /// The most connection tasks alive at once since the last heap trim.
+    pub tasks_peak: Cell<usize>,
     /// Reused buffer for the normalised path of the request being routed.
     pub path_scratch: RefCell<Vec<u8>>,
     /// Listening sockets of this worker, by address.
@@ -44,6 +50,18 @@ pub struct Worker {
     /// The log's date for the current second: (unix second, `[dd/Mon/yyyy:...]`).
     pub log_date: RefCell<(u64, String)>,
     pub shutdown: Shutdown,
+}
+
+/// A connection waiting in its task for its next request (see `wait_request`).
+pub struct Idle {
+    /// IdleTimeout deadline, crate clock (ms).
+    pub deadline: u64,
+    /// When the sweeper may ask it to park.
+    pub park_at: u64,
+    /// Set by the sweeper: give up the task, park the socket.
+    pub park: bool,
+    /// Wakes the waiting task when `park` is set.
+    pub waker: Option<std::task::Waker>,
 }
 
 /// What a listener serves.
@@ -84,6 +102,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         .enable_timer()
         .build()?;
     rt.block_on(async move {
+        let parked = Parking::new()?;
         if spec.id == 0 {
             let driver = if monoio::utils::is_legacy() {
                 "epoll (legacy)"
@@ -100,6 +119,8 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             backends: BackendPool::default(),
             conns: Cell::new(0),
             idle: RefCell::new(FxHashMap::default()),
+            parked,
+            tasks_peak: Cell::new(0),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
             listen_fds: RefCell::new(Vec::new()),
             log_buf: RefCell::new(Vec::new()),
@@ -108,6 +129,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         });
         monoio::spawn(flush_log_every(w.clone(), Duration::from_millis(500)));
         monoio::spawn(sweep_idle_every(w.clone(), Duration::from_millis(250)));
+        monoio::spawn(resume_parked(w.clone()));
         let stops: Rc<Stops> = Rc::default();
         for (l, service) in spec.listeners {
             listen(&w, &stops, l, service);
@@ -147,14 +169,15 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             // SAFETY: plain syscall; the fd is open while it is in the set.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
+        w.count_out_parked(w.parked.close_all());
         // Draining: wait for the connections of this worker to finish.
         while w.conns.get() > 0 && !w.shutdown.deadline_passed() {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
         w.backends.clear();
         w.flush_log();
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The stop flag of each accept loop of a worker, by address (reload closes some).
@@ -208,38 +231,15 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
             match l.try_accept() {
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
-                    let listen_addr = l.addr.clone();
-                    let w2 = w.clone();
-                    monoio::spawn(async move {
-                        let guard = ConnGuard(w2.clone());
-                        // Each kind boxed at its own size: an idle HTTP connection must
-                        // not carry the (larger) state of a tcp tunnel.
-                        let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
-                            match service {
-                                Service::Http => {
-                                    Box::pin(crate::proxy::http::serve(&w2, stream, peer))
-                                }
-                                Service::Tcp => Box::pin(crate::proxy::tcp::serve(
-                                    &w2,
-                                    stream,
-                                    peer,
-                                    &listen_addr,
-                                )),
-                            };
-                        if log::enabled(log::Level::Debug) {
-                            crate::debug!(
-                                "connection future: {} bytes",
-                                std::mem::size_of_val(&*conn)
-                            );
-                        }
-                        if Isolated(conn).await.is_err() {
-                            crate::error!(
-                                "worker {}: a connection task panicked (bug); connection closed",
-                                w2.id
-                            );
-                        }
-                        drop(guard);
-                    });
+                    let tasks = w.conns.get() - w.parked.len();
+                    if tasks > w.tasks_peak.get() {
+                        w.tasks_peak.set(tasks);
+                    }
+                    let kind = match service {
+                        Service::Http => Kind::Http,
+                        Service::Tcp => Kind::Tcp(l.addr.clone()),
+                    };
+                    spawn_connection(&w, stream, peer, kind);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     PROCESS.client_connections.fetch_sub(1, Relaxed);
@@ -257,7 +257,107 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
     }
 }
 
+/// What a connection task runs.
+enum Kind {
+    Http,
+    /// A tcp entry's connection, by the address it was accepted on.
+    Tcp(Address),
+}
+
+/// Run one client connection in its own task; it was counted in (`conns`,
+/// `client_connections`) by the caller, and is counted out when the task ends.
+fn spawn_connection(
+    w: &Rc<Worker>,
+    stream: crate::net::Stream,
+    peer: crate::net::listen::Peer,
+    kind: Kind,
+) {
+    let w2 = w.clone();
+    monoio::spawn(async move {
+        let guard = ConnGuard(w2.clone());
+        // Each kind boxed at its own size: an idle HTTP connection must not carry
+        // the (larger) state of a tcp tunnel.
+        let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> = match &kind {
+            Kind::Http => Box::pin(crate::proxy::http::serve(&w2, stream, peer)),
+            Kind::Tcp(addr) => Box::pin(crate::proxy::tcp::serve(&w2, stream, peer, addr)),
+        };
+        if log::enabled(log::Level::Debug) {
+            crate::debug!("connection future: {} bytes", std::mem::size_of_val(&*conn));
+        }
+        if Isolated(conn).await.is_err() {
+            crate::error!(
+                "worker {}: a connection task panicked (bug); connection closed",
+                w2.id
+            );
+        }
+        drop(guard);
+    });
+}
+
+/// Serve parked connections again as their next request (or their EOF) arrives.
+async fn resume_parked(w: Rc<Worker>) {
+    let mut ready = Vec::new();
+    while !w.shutdown.started() {
+        if let Err(e) = w.parked.ready().await {
+            crate::error!("worker {}: parked connections: {e}", w.id);
+            monoio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        w.parked.take_ready(&mut ready);
+        PROCESS
+            .parked_connections
+            .fetch_sub(ready.len() as u64, Relaxed);
+        for p in ready.drain(..) {
+            // Still counted in `conns` and `client_connections` since it was parked.
+            match crate::net::Stream::from_fd(p.fd, p.tcp) {
+                Ok(stream) => spawn_connection(&w, stream, p.peer, Kind::Http),
+                Err(e) => {
+                    crate::warn!("worker {}: cannot resume a parked connection: {e}", w.id);
+                    w.count_out(1);
+                }
+            }
+        }
+    }
+}
+
 impl Worker {
+    /// Give up the task of an idle keep-alive connection: keep only its socket in
+    /// the parked set. The caller's task ends right after (its `ConnGuard` counts
+    /// the connection out, so it is counted back in here: it is still open).
+    pub fn park(&self, client: crate::net::Stream, deadline: u64) {
+        if self.shutdown.started() {
+            return;
+        }
+        let tcp = client.is_tcp();
+        // A duplicate, not the fd itself: the cancelled readiness op may still hold
+        // the driver's reference for a moment, and the driver closes the original
+        // when it lets go. The socket lives on through the duplicate.
+        // SAFETY: plain syscall; a new fd is returned, owned just below.
+        let dup = unsafe { libc::fcntl(client.fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        drop(client);
+        if dup < 0 {
+            return;
+        }
+        // SAFETY: `dup` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup) };
+        if self.parked.park(fd, tcp, deadline).is_ok() {
+            self.conns.set(self.conns.get() + 1);
+            PROCESS.client_connections.fetch_add(1, Relaxed);
+            PROCESS.parked_connections.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Count out `n` parked connections that were closed.
+    fn count_out_parked(&self, n: usize) {
+        PROCESS.parked_connections.fetch_sub(n as u64, Relaxed);
+        self.count_out(n);
+    }
+
+    fn count_out(&self, n: usize) {
+        self.conns.set(self.conns.get() - n);
+        PROCESS.client_connections.fetch_sub(n as u64, Relaxed);
+    }
+
     /// Append one access log line; hand the buffer over when it is full.
     pub fn log_line(&self, e: &crate::accesslog::Entry) {
         let now = crate::stats::counters::unix_now();
@@ -294,17 +394,44 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
     while !w.shutdown.started() {
         monoio::time::sleep(every).await;
         let now = crate::upstream::clock::now_ms();
-        w.idle.borrow_mut().retain(|fd, deadline| {
-            let keep = *deadline > now;
+        w.idle.borrow_mut().retain(|fd, idle| {
+            let keep = idle.deadline > now;
             if !keep {
                 due.push(*fd);
+            } else if idle.park_at <= now && !idle.park {
+                idle.park = true;
+                if let Some(waker) = idle.waker.take() {
+                    waker.wake();
+                }
             }
             keep
         });
+        w.count_out_parked(w.parked.expire(now));
+        release_memory(&w);
         for fd in due.drain(..) {
             // SAFETY: plain syscall; the fd is open while its connection waits.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
+    }
+}
+
+/// After a burst: free the pooled buffers nobody used since the last sweep, shrink
+/// the idle map, and give free heap pages back (see `trim`).
+fn release_memory(w: &Worker) {
+    /// Buffers kept whatever happens: a few requests never wait for malloc.
+    const RESERVE: usize = 16;
+    /// A drop this large in live tasks or pooled buffers is worth a trim.
+    const TRIM_AT: usize = 256;
+    let freed = w.bufs.release_unused(RESERVE);
+    let tasks = w.conns.get() - w.parked.len();
+    if freed >= TRIM_AT / 4 || w.tasks_peak.get() >= tasks + TRIM_AT {
+        let mut idle = w.idle.borrow_mut();
+        if idle.capacity() > 4 * idle.len().max(64) {
+            idle.shrink_to_fit();
+        }
+        drop(idle);
+        crate::runtime::trim::heap();
+        w.tasks_peak.set(tasks);
     }
 }
 
@@ -323,8 +450,7 @@ struct ConnGuard(Rc<Worker>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.conns.set(self.0.conns.get() - 1);
-        PROCESS.client_connections.fetch_sub(1, Relaxed);
+        self.0.count_out(1);
     }
 }
 

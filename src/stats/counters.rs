@@ -95,6 +95,8 @@ pub struct ProcessStats {
     /// Unix time of the last successful (re)load.
     pub last_reload_ok: AtomicU64,
     pub client_connections: AtomicU64,
+    /// Of those, the idle ones parked (see `runtime::park`).
+    pub parked_connections: AtomicU64,
 }
 
 /// The one process's numbers.
@@ -103,6 +105,7 @@ pub static PROCESS: ProcessStats = ProcessStats {
     reloads_failed: AtomicU64::new(0),
     last_reload_ok: AtomicU64::new(0),
     client_connections: AtomicU64::new(0),
+    parked_connections: AtomicU64::new(0),
 };
 
 pub fn unix_now() -> u64 {

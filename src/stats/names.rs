@@ -6,6 +6,7 @@ pub const RECEIVED: &str = "simian_received_bytes_total";
 pub const SENT: &str = "simian_sent_bytes_total";
 pub const MATCHES: &str = "simian_match_requests_total";
 pub const CLIENT_CONNECTIONS: &str = "simian_client_connections";
+pub const PARKED_CONNECTIONS: &str = "simian_client_connections_parked";
 pub const SERVER_UP: &str = "simian_server_up";
 pub const SERVER_ACTIVE: &str = "simian_server_active_requests";
 pub const SERVER_CONNECT_FAILURES: &str = "simian_server_connect_failures_total";

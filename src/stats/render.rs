@@ -155,6 +155,12 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
             vec![gauge(&[], p.client_connections.load(Relaxed) as f64)],
         ),
         family(
+            PARKED_CONNECTIONS,
+            "Idle keep-alive client connections parked (no task, no buffer).",
+            GAUGE,
+            vec![gauge(&[], p.parked_connections.load(Relaxed) as f64)],
+        ),
+        family(
             SERVER_UP,
             "1 when the server is available, 0 when offline.",
             GAUGE,
@@ -279,6 +285,7 @@ pub fn json(live: &Live) -> Vec<u8> {
         "version": env!("CARGO_PKG_VERSION"),
         "time": unix_now(),
         "client_connections": p.client_connections.load(Relaxed),
+        "parked_connections": p.parked_connections.load(Relaxed),
         "reloads": { "success": p.reloads_ok.load(Relaxed), "failure": p.reloads_failed.load(Relaxed) },
         "last_reload_success": p.last_reload_ok.load(Relaxed),
         "routes": routes,

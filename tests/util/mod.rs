@@ -1371,6 +1371,8 @@ pub struct Proxy {
     listens: Vec<ListenAt>,
     /// Exited at start because its port was taken (no checks on drop).
     failed_start: bool,
+    /// Stopped by `terminate` (exiting is no failure then).
+    terminated: bool,
 }
 
 impl Proxy {
@@ -1427,6 +1429,7 @@ impl Proxy {
             stderr_path,
             listens,
             failed_start: false,
+            terminated: false,
         };
         if p.wait_ready(Duration::from_secs(10)) {
             Some(p)
@@ -1505,6 +1508,23 @@ impl Proxy {
         }
     }
 
+    /// SIGTERM, then the exit status if it exits within `within`.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.terminated = true;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -1569,7 +1589,7 @@ impl Drop for Proxy {
             );
             return;
         }
-        if let Some(st) = exited_early {
+        if let Some(st) = exited_early.filter(|_| !self.terminated) {
             panic!("simian exited during the test ({st}); stderr:\n{log}");
         }
         if log.contains("panicked") {
