@@ -83,9 +83,10 @@ def process_tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    """utime+stime of each whole process (all its threads, exited ones included)."""
-    total = 0
+def cpu_split(pids):
+    """(utime, stime) in seconds, summed over whole processes (all their threads,
+    exited ones included): user space and kernel."""
+    user = sys_ = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -93,8 +94,22 @@ def cpu_seconds(pids):
         except OSError:
             continue
         fields = s[s.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        sys_ += int(fields[12])
+    return user / CLK_TCK, sys_ / CLK_TCK
+
+
+def cpu_seconds(pids):
+    """utime+stime of each whole process (all its threads, exited ones included)."""
+    return sum(cpu_split(pids))
+
+
+def per_unit(m, cpu, units, key):
+    """Proxy CPU per unit of work into m[key], and its user / kernel parts."""
+    if cpu["proxy_cpu_s"] is not None and units:
+        m[key] = cpu["proxy_cpu_s"] * 1e6 / units
+        m[key + "_user"] = cpu["proxy_user_s"] * 1e6 / units
+        m[key + "_sys"] = cpu["proxy_sys_s"] * 1e6 / units
 
 
 def rss_bytes(pids):
@@ -454,19 +469,21 @@ class Bench:
         """Runs a load-generator command pinned to the load CPUs, with CPU accounting."""
         proxy = self.proxy_pids(target)
         side = self.side_pids()
-        p0, s0, c0, j0 = cpu_seconds(proxy), cpu_seconds(side), children_cpu(), cpu_busy_jiffies()
+        (pu0, ps0), s0, c0, j0 = cpu_split(proxy), cpu_seconds(side), children_cpu(), cpu_busy_jiffies()
         t0 = time.monotonic()
         r = subprocess.run(["taskset", "-c", self.load_cpus()] + argv, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=timeout)
         wall = time.monotonic() - t0
-        p1, s1, c1, j1 = cpu_seconds(proxy), cpu_seconds(side), children_cpu(), cpu_busy_jiffies()
-        proxy_cpu = p1 - p0
+        (pu1, ps1), s1, c1, j1 = cpu_split(proxy), cpu_seconds(side), children_cpu(), cpu_busy_jiffies()
+        proxy_cpu = (pu1 + ps1) - (pu0 + ps0)
         load_cpu = (s1 - s0) + (c1 - c0)
         busy = {c: 100.0 * (j1[c][0] - j0[c][0]) / max(1, j1[c][1] - j0[c][1]) for c in j1}
         total_busy_s = sum(j1[c][0] - j0[c][0] for c in j1) / CLK_TCK
         cpu = {
             "wall_s": wall,
             "proxy_cpu_s": proxy_cpu if target != "direct" else None,
+            "proxy_user_s": pu1 - pu0,
+            "proxy_sys_s": ps1 - ps0,
             "proxy_pct": 100.0 * proxy_cpu / wall if target != "direct" else None,
             "load_pct": 100.0 * load_cpu / wall,
             "cpu0_pct": busy.get(0), "cpu1_pct": busy.get(1),
@@ -492,8 +509,7 @@ class Bench:
              "errors": res["errors"], "requests": res["requests"]}
         if res.get("error_text"):
             m["error_text"] = res["error_text"]
-        if cpu["proxy_cpu_s"] is not None:
-            m["cpu_us_per_req"] = cpu["proxy_cpu_s"] * 1e6 / res["requests"]
+        per_unit(m, cpu, res["requests"], "cpu_us_per_req")
         return m, cpu
 
     def run_close(self, target):
@@ -508,8 +524,7 @@ class Bench:
              "errors": res["errors"], "requests": res["requests"]}
         if res.get("error_text"):
             m["error_text"] = res["error_text"]
-        if cpu["proxy_cpu_s"] is not None:
-            m["cpu_us_per_req"] = cpu["proxy_cpu_s"] * 1e6 / res["requests"]
+        per_unit(m, cpu, res["requests"], "cpu_us_per_req")
         return m, cpu
 
     def run_1m(self, target):
@@ -518,8 +533,7 @@ class Bench:
         m = {"mibps": mib / res["duration_s"], "errors": res["errors"], "requests": res["requests"]}
         if res.get("error_text"):
             m["error_text"] = res["error_text"]
-        if cpu["proxy_cpu_s"] is not None and mib:
-            m["cpu_us_per_mib"] = cpu["proxy_cpu_s"] * 1e6 / mib
+        per_unit(m, cpu, mib, "cpu_us_per_mib")
         return m, cpu
 
     def run_client(self, target, argv, direct_port=None):
@@ -536,8 +550,7 @@ class Bench:
         m = {"mibps": res["mib_per_s"], "errors": len(res["errors"]), "responses": res["responses"]}
         if res["errors"]:
             m["error_text"] = res["errors"][:2]
-        if cpu["proxy_cpu_s"] is not None and mib:
-            m["cpu_us_per_mib"] = cpu["proxy_cpu_s"] * 1e6 / mib
+        per_unit(m, cpu, mib, "cpu_us_per_mib")
         return m, cpu
 
     def run_64m(self, target):
@@ -674,12 +687,18 @@ ROWS = [
     ("small", "p50 latency (µs)", "p50_us", "low", "int", None),
     ("small", "p99 latency (µs)", "p99_us", "low", "int", ("<=", 1.0, "best")),
     ("small", "proxy CPU per request (µs)", "cpu_us_per_req", "low", "f1", ("<=", 0.8, "best")),
+    ("small", "… of which user space (µs)", "cpu_us_per_req_user", "low", "f1", None),
+    ("small", "… of which kernel (µs)", "cpu_us_per_req_sys", "low", "f1", None),
     ("close", "sessions/s", "rps", "high", "int", None),
     ("close", "proxy CPU per session (µs)", "cpu_us_per_req", "low", "f1", ("<=", 0.9, "best")),
+    ("close", "… of which user space (µs)", "cpu_us_per_req_user", "low", "f1", None),
+    ("close", "… of which kernel (µs)", "cpu_us_per_req_sys", "low", "f1", None),
     ("1m", "MiB/s", "mibps", "high", "int", None),
     ("1m", "proxy CPU per MiB (µs)", "cpu_us_per_mib", "low", "int", None),
     ("64m", "MiB/s", "mibps", "high", "int", (">=", 1.0, "haproxy-splice")),
     ("64m", "proxy CPU per MiB (µs)", "cpu_us_per_mib", "low", "int", ("<=", 0.85, "haproxy-splice")),
+    ("64m", "… of which user space (µs)", "cpu_us_per_mib_user", "low", "int", None),
+    ("64m", "… of which kernel (µs)", "cpu_us_per_mib_sys", "low", "int", None),
     ("upload", "MiB/s", "mibps", "high", "int", None),
     ("upload", "proxy CPU per MiB (µs)", "cpu_us_per_mib", "low", "int", None),
     ("idle", "RSS growth per connection (B)", "rss_per_conn", "low", "int", ("<=", 0.5, "best")),
