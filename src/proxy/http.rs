@@ -178,7 +178,9 @@ async fn read_head(
     buf: &mut Vec<u8>,
     limit: Duration,
 ) -> Result<RequestHead, HeadError> {
-    let deadline = Instant::now() + limit;
+    // Set at the first read that has to wait: most heads are in at once, and the
+    // precise clock is not free.
+    let mut deadline: Option<Instant> = None;
     // Parsing is skipped until the head may be complete: re-parsing after every
     // small read would make a trickling client cost quadratic work.
     let mut before = 0;
@@ -201,15 +203,16 @@ async fn read_head(
             }
         }
         before = buf.len();
-        let left = deadline.saturating_duration_since(Instant::now());
-        match nio::read(
-            client,
-            buf,
-            http::MAX_HEAD + 1 - buf.len().min(http::MAX_HEAD),
-            left,
-        )
-        .await
-        {
+        let max = http::MAX_HEAD + 1 - buf.len().min(http::MAX_HEAD);
+        let r = match nio::try_read(client, buf, max) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + limit);
+                let left = d.saturating_duration_since(Instant::now());
+                nio::read(client, buf, max, left).await
+            }
+            r => r,
+        };
+        match r {
             Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
             Ok(0) => {
                 return Err(HeadError::Reject(
