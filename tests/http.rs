@@ -108,6 +108,7 @@ per_driver!(
     slowloris_cut_off,
     idle_timeout,
     parked_connections,
+    park_fails_connection_kept,
     backend_timeout_504,
     threads_modes,
 );
@@ -1341,6 +1342,49 @@ fn parked_connections(d: Driver) {
         c.expect_closed(Duration::from_secs(1));
     }
     assert_eq!(b.request_count(), 20 + 4 + 15 + 5);
+}
+
+/// When parking fails (here: no fd left for the duplicate, EMFILE), the idle
+/// connection stays in its task and keeps working; the failure is logged once.
+fn park_fails_connection_kept(d: Driver) {
+    let b = Backend::fixed("ok");
+    let p = Proxy::start_with(
+        &conf1("IdleTimeout 30s", &b.addr()),
+        Options::driver(d).threads(1),
+    );
+    let mut first = p.client();
+    assert_eq!(first.get("/warm").status, 200);
+    let mut clients: Vec<Client> = (0..24).map(|_| p.client()).collect();
+    for c in &mut clients {
+        assert_eq!(c.get("/a").status, 200);
+    }
+    // Before they park (500 ms): not one fd more for the process (the limit is on
+    // fd numbers, and 0-2 are taken).
+    let pid = p.pid() as libc::pid_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain prlimit(2) on our own child, reading then lowering the soft limit.
+    let r = unsafe {
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim);
+        lim.rlim_cur = 3;
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut())
+    };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    assert!(
+        p.wait_log("cannot park an idle connection", Duration::from_secs(3)),
+        "no park failure logged; stderr:\n{}",
+        p.stderr()
+    );
+    thread::sleep(Duration::from_millis(500));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.get("/b");
+        assert_eq!(r.status, 200, "client {i}");
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(first.get("/c").status, 200);
+    assert_eq!(p.stderr().matches("cannot park").count(), 1, "logged once");
 }
 
 /// `BackendTimeout 1s`: a backend that never answers gives 504 after about a

@@ -24,12 +24,13 @@ use crate::upstream::clock::now_ms;
 /// This future is what an idle keep-alive connection costs, so it holds only the
 /// idle wait; everything a request needs (head reading, routing, the exchange,
 /// bodies) lives in one boxed future per request.
-pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
+pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
     // Bytes of the next request already read (pipelining), if any. HTTP
     // listeners defer accept until the first bytes are in, so a new connection
     // is read at once, without a readiness round trip; one that still has
     // nothing (the defer period ran out) waits like an idle one.
     let mut carry: Option<Vec<u8>> = None;
+    let mut may_park = true;
     if client.is_tcp() {
         let mut b = w.bufs.take();
         match nio::try_read(&client, &mut b, http::MAX_HEAD) {
@@ -52,13 +53,18 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer) {
                 if w.shutdown.started() {
                     return;
                 }
-                match wait_request(w, &client, idle).await {
+                match wait_request(w, &client, idle, may_park).await {
                     Wait::Request => {}
                     Wait::Close => return,
-                    Wait::Park { deadline } => {
-                        w.park(client, deadline);
-                        return;
-                    }
+                    Wait::Park { deadline } => match w.park(client, deadline) {
+                        Ok(()) => return,
+                        // Could not park (fd or epoll limits): wait in the task.
+                        Err(c) => {
+                            client = c;
+                            may_park = false;
+                            continue;
+                        }
+                    },
                 }
                 w.bufs.take()
             }
@@ -123,7 +129,7 @@ enum Wait {
 /// an idle connection): the deadline goes into the worker's idle map, and the
 /// worker's sweeper shuts the socket down when it passes, which wakes this wait;
 /// past [`PARK_AFTER`] the sweeper asks the connection to park instead.
-async fn wait_request(w: &Worker, client: &Stream, idle: Duration) -> Wait {
+async fn wait_request(w: &Worker, client: &Stream, idle: Duration, may_park: bool) -> Wait {
     let fd = client.fd();
     let now = now_ms();
     let deadline = now + idle.as_millis() as u64;
@@ -131,7 +137,11 @@ async fn wait_request(w: &Worker, client: &Stream, idle: Duration) -> Wait {
         fd,
         Idle {
             deadline,
-            park_at: now + PARK_AFTER.as_millis() as u64,
+            park_at: if may_park {
+                now + PARK_AFTER.as_millis() as u64
+            } else {
+                u64::MAX
+            },
             park: false,
             waker: None,
         },

@@ -158,11 +158,16 @@ impl Parking {
 
     /// Close every parked connection (shutdown); returns how many.
     pub fn close_all(&self) -> usize {
+        let ep = self.ep.as_raw_fd();
         let mut conns = self.conns.borrow_mut();
         let n = conns.len();
         for fd in conns.drain().map(|(fd, _)| fd) {
+            // DEL first, as in `expire`: the driver may still hold the original fd.
             // SAFETY: the set owns `fd`; closed once.
-            unsafe { libc::close(fd) };
+            unsafe {
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut());
+                libc::close(fd);
+            }
         }
         n
     }

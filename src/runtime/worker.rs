@@ -4,6 +4,7 @@
 
 use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
+use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::*;
@@ -41,6 +42,10 @@ pub struct Worker {
     pub parked: Parking,
     /// The most connection tasks alive at once since the last heap trim.
     pub tasks_peak: Cell<usize>,
+    /// When the heap was last trimmed (ms, crate clock).
+    pub last_trim: Cell<u64>,
+    /// A park failed already (logged once).
+    park_failed: Cell<bool>,
     /// Reused buffer for the normalised path of the request being routed.
     pub path_scratch: RefCell<Vec<u8>>,
     /// Listening sockets of this worker, by address.
@@ -120,6 +125,8 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             idle: RefCell::new(FxHashMap::default()),
             parked,
             tasks_peak: Cell::new(0),
+            last_trim: Cell::new(0),
+            park_failed: Cell::new(false),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
             listen_fds: RefCell::new(Vec::new()),
             log_buf: RefCell::new(Vec::new()),
@@ -271,10 +278,6 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
             match l.try_accept() {
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
-                    let tasks = w.conns.get() - w.parked.len();
-                    if tasks > w.tasks_peak.get() {
-                        w.tasks_peak.set(tasks);
-                    }
                     let kind = match service {
                         Service::Http => Kind::Http,
                         Service::Tcp => Kind::Tcp(l.addr.clone()),
@@ -312,6 +315,10 @@ fn spawn_connection(
     peer: crate::net::listen::Peer,
     kind: Kind,
 ) {
+    let tasks = w.conns.get() - w.parked.len();
+    if tasks > w.tasks_peak.get() {
+        w.tasks_peak.set(tasks);
+    }
     let w2 = w.clone();
     monoio::spawn(async move {
         let guard = ConnGuard(w2.clone());
@@ -349,6 +356,13 @@ async fn resume_parked(w: Rc<Worker>) {
             .fetch_sub(ready.len() as u64, Relaxed);
         for p in ready.drain(..) {
             // Still counted in `conns` and `client_connections` since it was parked.
+            if p.tcp && p.peer.addr.is_none() {
+                // getpeername failed: reset while parked. Nothing to serve, and a
+                // request without its client address must not be forwarded.
+                drop(p);
+                w.count_out(1);
+                continue;
+            }
             match crate::net::Stream::from_fd(p.fd, p.tcp) {
                 Ok(stream) => spawn_connection(&w, stream, p.peer, Kind::Http),
                 Err(e) => {
@@ -364,26 +378,46 @@ impl Worker {
     /// Give up the task of an idle keep-alive connection: keep only its socket in
     /// the parked set. The caller's task ends right after (its `ConnGuard` counts
     /// the connection out, so it is counted back in here: it is still open).
-    pub fn park(&self, client: crate::net::Stream, deadline: u64) {
+    pub fn park(
+        &self,
+        client: crate::net::Stream,
+        deadline: u64,
+    ) -> Result<(), crate::net::Stream> {
         if self.shutdown.started() {
-            return;
+            return Err(client);
         }
         let tcp = client.is_tcp();
         // A duplicate, not the fd itself: the cancelled readiness op may still hold
         // the driver's reference for a moment, and the driver closes the original
-        // when it lets go. The socket lives on through the duplicate.
+        // when it lets go. The socket lives on through the duplicate. Both steps
+        // happen while `client` is still open, so a failure (EMFILE, the epoll
+        // watch limit) gives the connection back instead of closing it.
         // SAFETY: plain syscall; a new fd is returned, owned just below.
         let dup = unsafe { libc::fcntl(client.fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        drop(client);
         if dup < 0 {
-            return;
+            self.park_failed(io::Error::last_os_error());
+            return Err(client);
         }
         // SAFETY: `dup` is a fresh fd nobody else owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup) };
-        if self.parked.park(fd, tcp, deadline).is_ok() {
-            self.conns.set(self.conns.get() + 1);
-            PROCESS.client_connections.fetch_add(1, Relaxed);
-            PROCESS.parked_connections.fetch_add(1, Relaxed);
+        if let Err(e) = self.parked.park(fd, tcp, deadline) {
+            self.park_failed(e);
+            return Err(client);
+        }
+        drop(client);
+        self.conns.set(self.conns.get() + 1);
+        PROCESS.client_connections.fetch_add(1, Relaxed);
+        PROCESS.parked_connections.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Said once per worker: the connection keeps its task, nothing is lost.
+    fn park_failed(&self, e: io::Error) {
+        if !self.park_failed.replace(true) {
+            crate::warn!(
+                "worker {}: cannot park an idle connection ({e}); idle connections keep their task",
+                self.id
+            );
         }
     }
 
@@ -447,7 +481,7 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
             keep
         });
         w.count_out_parked(w.parked.expire(now));
-        release_memory(&w);
+        release_memory(&w, now);
         for fd in due.drain(..) {
             // SAFETY: plain syscall; the fd is open while its connection waits.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -457,14 +491,18 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
 
 /// After a burst: free the pooled buffers nobody used since the last sweep, shrink
 /// the idle map, and give free heap pages back (see `trim`).
-fn release_memory(w: &Worker) {
+fn release_memory(w: &Worker, now: u64) {
     /// Buffers kept whatever happens: a few requests never wait for malloc.
     const RESERVE: usize = 16;
     /// A drop this large in live tasks or pooled buffers is worth a trim.
     const TRIM_AT: usize = 256;
+    /// malloc_trim locks every arena, other workers' too: at most once a second.
+    const TRIM_EVERY_MS: u64 = 1000;
     let freed = w.bufs.release_unused(RESERVE);
     let tasks = w.conns.get() - w.parked.len();
-    if freed >= TRIM_AT / 4 || w.tasks_peak.get() >= tasks + TRIM_AT {
+    let due = now >= w.last_trim.get() + TRIM_EVERY_MS;
+    if due && (freed >= TRIM_AT / 4 || w.tasks_peak.get() >= tasks + TRIM_AT) {
+        w.last_trim.set(now);
         let mut idle = w.idle.borrow_mut();
         if idle.capacity() > 4 * idle.len().max(64) {
             idle.shrink_to_fit();

@@ -1508,6 +1508,10 @@ impl Proxy {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then the exit status if it exits within `within`.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: plain kill(2) on our own child.
