@@ -58,6 +58,9 @@ pub struct Request<'a> {
     pub idle: std::time::Duration,
 }
 
+/// Bodies, tunnels and slow writes run in futures of their own (boxed when they
+/// happen): inline, their state would make every request's future carry it, and
+/// most requests have none of them (a request's future is 3.2 KB instead of 5.4).
 pub async fn exchange(
     w: &Worker,
     client: &Stream,
@@ -172,16 +175,19 @@ async fn exchange_inner(
         if early.is_none() {
             match head.framing {
                 BodyFraming::ContentLength(_) => {
-                    body::forward_len(w, client, backend, rest, splice, idle)
-                        .await
-                        .map_err(|e| side_error(e, "request body"))?;
+                    if rest > 0 {
+                        Box::pin(body::forward_len(w, client, backend, rest, splice, idle))
+                            .await
+                            .map_err(|e| side_error(e, "request body"))?;
+                    }
                     body_in += rest;
                 }
                 BodyFraming::Chunked => {
-                    (consumed, body_in) =
-                        body::forward_chunked(w, client, backend, buf, body_start, splice, idle)
-                            .await
-                            .map_err(|e| side_error(e, "request body"))?;
+                    (consumed, body_in) = Box::pin(body::forward_chunked(
+                        w, client, backend, buf, body_start, splice, idle,
+                    ))
+                    .await
+                    .map_err(|e| side_error(e, "request body"))?;
                 }
                 BodyFraming::None => {}
             }
@@ -239,17 +245,26 @@ async fn exchange_inner(
         let cut = |e: io::Error| Fail::Abort(format!("response body: {e}"));
         match rh.framing {
             ResponseFraming::ContentLength(_) => {
-                body::forward_len(w, backend, client, rrest, splice, bt)
-                    .await
-                    .map_err(cut)?;
+                if rrest > 0 {
+                    Box::pin(body::forward_len(w, backend, client, rrest, splice, bt))
+                        .await
+                        .map_err(cut)?;
+                }
                 sent += rrest;
                 backend_reusable &= rbuf.len() == rh.head_len + in_rbuf;
             }
             ResponseFraming::Chunked => {
-                let (end, n) =
-                    body::forward_chunked(w, backend, client, &mut rbuf, rh.head_len, splice, bt)
-                        .await
-                        .map_err(cut)?;
+                let (end, n) = Box::pin(body::forward_chunked(
+                    w,
+                    backend,
+                    client,
+                    &mut rbuf,
+                    rh.head_len,
+                    splice,
+                    bt,
+                ))
+                .await
+                .map_err(cut)?;
                 sent += n;
                 backend_reusable &= rbuf.len() == end;
             }
@@ -260,7 +275,7 @@ async fn exchange_inner(
                         .map_err(cut)?;
                 }
                 sent += avail as u64
-                    + body::forward_to_eof(w, backend, client, splice, bt)
+                    + Box::pin(body::forward_to_eof(w, backend, client, splice, bt))
                         .await
                         .map_err(cut)?;
                 backend_reusable = false;
@@ -280,7 +295,9 @@ async fn exchange_inner(
                 nio::write_all(backend, pending, idle).await.map_err(cut)?;
             }
             consumed = buf.len();
-            tunnel::run(w, client, backend, idle).await;
+            // Boxed: a tunnel's future is 3 KB, and inline it would make every
+            // request's future carry it (upgrades are rare).
+            Box::pin(tunnel::run(w, client, backend, idle)).await;
             return Ok(Done {
                 consumed,
                 client_keep_alive: false,

@@ -91,7 +91,8 @@ pub(super) async fn proxy(
                 .flatten()
             {
                 Some(b) => (b, true),
-                None => match connect(addr, entry.timeouts.connect).await {
+                // Boxed, as the bodies in `exchange`: rare next to pooled reuse.
+                None => match Box::pin(connect(addr, entry.timeouts.connect)).await {
                     Ok(b) => {
                         server.connect_succeeded();
                         (b, false)

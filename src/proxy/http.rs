@@ -92,7 +92,7 @@ async fn request(w: &Rc<Worker>, client: &Stream, peer: Peer, mut buf: Vec<u8>) 
         }
         Err(HeadError::Reject(status, why)) => {
             crate::info!("client {}: {status}: {why}", show(peer));
-            send_error(client, status, "", w).await;
+            Box::pin(send_error(client, status, "", w)).await;
             w.bufs.give(buf);
             return None;
         }
@@ -285,7 +285,10 @@ async fn handle(
     let config = &live.config;
     if let Some(url) = &config.global.statistics_url {
         if &buf[head.path.clone()] == url.as_bytes() {
-            return crate::proxy::statistics::serve(w, live, client, peer, buf, head).await;
+            return Box::pin(crate::proxy::statistics::serve(
+                w, live, client, peer, buf, head,
+            ))
+            .await;
         }
     }
     let route = {
