@@ -468,25 +468,46 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
     while !w.shutdown.started() {
         monoio::time::sleep(every).await;
         let now = crate::upstream::clock::now_ms();
+        let mut asked = false;
         w.idle.borrow_mut().retain(|fd, idle| {
             let keep = idle.deadline > now;
             if !keep {
                 due.push(*fd);
             } else if idle.park_at <= now && !idle.park {
                 idle.park = true;
+                asked = true;
                 if let Some(waker) = idle.waker.take() {
                     waker.wake();
                 }
             }
             keep
         });
-        w.count_out_parked(w.parked.expire(now));
-        release_memory(&w, now);
         for fd in due.drain(..) {
             // SAFETY: plain syscall; the fd is open while its connection waits.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
+        w.count_out_parked(w.parked.expire(now));
+        if asked {
+            // Let the connections just asked to park do it (they are queued ahead
+            // of us), so the memory their tasks held is released in this sweep.
+            yield_once().await;
+        }
+        release_memory(&w, now);
     }
+}
+
+/// Resolves on its second poll: the task goes to the back of the run queue once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// After a burst: free the pooled buffers nobody used since the last sweep, shrink
@@ -496,8 +517,9 @@ fn release_memory(w: &Worker, now: u64) {
     const RESERVE: usize = 16;
     /// A drop this large in live tasks or pooled buffers is worth a trim.
     const TRIM_AT: usize = 256;
-    /// malloc_trim locks every arena, other workers' too: at most once a second.
-    const TRIM_EVERY_MS: u64 = 1000;
+    /// malloc_trim locks every arena, other workers' too: at most once per sweep
+    /// (and only after a burst, see TRIM_AT).
+    const TRIM_EVERY_MS: u64 = 250;
     let freed = w.bufs.release_unused(RESERVE);
     let tasks = w.conns.get() - w.parked.len();
     let due = now >= w.last_trim.get() + TRIM_EVERY_MS;
