@@ -186,15 +186,6 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
     })
 }
 
-/// This worker's monoio runtime: io_uring with COOP_TASKRUN where the kernel has
-/// it (5.19+), plain io_uring where it does not, epoll where io_uring is missing.
-///
-/// COOP_TASKRUN: by default the kernel interrupts a running worker (an IPI) each
-/// time one of its sockets gets data, to run io_uring's completion work at once;
-/// with it, that work waits for the worker's next syscall, which comes within
-/// microseconds on a busy worker anyway. Measured on small keep-alive GETs (one
-/// pinned thread, `bench/RESULTS.md`): 18.6 -> 15.7 µs of CPU per request, all
-/// of it kernel time (reschedule IPIs were 3.6% of the profile).
 /// Whether the ring was set up with COOP_TASKRUN (said in the driver log line).
 static COOP_TASKRUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -203,6 +194,15 @@ type Runtime = monoio::FusionRuntime<
     monoio::time::TimeDriver<monoio::LegacyDriver>,
 >;
 
+/// This worker's monoio runtime: io_uring with COOP_TASKRUN where the kernel has
+/// it (5.19+), plain io_uring where it does not, epoll where io_uring is missing.
+///
+/// COOP_TASKRUN: by default the kernel interrupts a running worker (an IPI) each
+/// time one of its sockets gets data, to run io_uring's completion work at once;
+/// with it, that work waits for the worker's next syscall, which comes within
+/// microseconds on a busy worker anyway. Measured on small keep-alive GETs (one
+/// pinned thread, interleaved A/B, docs/decisions.md): 18.6 -> 15.7 µs of CPU per request, all
+/// of it kernel time (reschedule IPIs were 3.6% of the profile).
 fn runtime() -> std::io::Result<Runtime> {
     let entries = 1024;
     let mut coop = io_uring::IoUring::builder();
