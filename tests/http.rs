@@ -34,56 +34,6 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
-/// Generates `mod NAME { fn uring(); fn epoll(); }` calling `NAME(driver)`.
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::Driver;
-            #[test]
-            fn uring() {
-                super::$name(Driver::Uring)
-            }
-            #[test]
-            fn epoll() {
-                super::$name(Driver::Epoll)
-            }
-        }
-    )*};
-}
-
-/// Generates the six driver x `Splice on|off|auto` tests calling `NAME(driver, mode)`.
-macro_rules! per_driver_and_splice {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::Driver;
-            #[test]
-            fn uring_splice_on() {
-                super::$name(Driver::Uring, "on")
-            }
-            #[test]
-            fn uring_splice_off() {
-                super::$name(Driver::Uring, "off")
-            }
-            #[test]
-            fn epoll_splice_on() {
-                super::$name(Driver::Epoll, "on")
-            }
-            #[test]
-            fn epoll_splice_off() {
-                super::$name(Driver::Epoll, "off")
-            }
-            #[test]
-            fn uring_splice_auto() {
-                super::$name(Driver::Uring, "auto")
-            }
-            #[test]
-            fn epoll_splice_auto() {
-                super::$name(Driver::Epoll, "auto")
-            }
-        }
-    )*};
-}
-
 per_driver!(
     keepalive_client_side,
     keepalive_backend_pool_across_clients,

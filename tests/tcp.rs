@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{free_port, pattern, temp_dir, write_pattern, Client, Conn, DeadPort, Driver, MIB};
+use util::{
+    free_port, pattern, per_driver, temp_dir, write_pattern, Client, Conn, DeadPort, Driver, MIB,
+};
 
 /// Read/write timeout of every socket in this file.
 const IO: Duration = Duration::from_secs(20);
@@ -697,23 +699,6 @@ fn tcp_conf(servers: &str, extra: &str) -> String {
         "[PROXY_DEFAULTS]\n\n[PROXY_ENTRY]\nName t\nMode tcp\nListen 127.0.0.1:@P0@\n\
          ServerList {servers}\n{extra}\n"
     )
-}
-
-/// Generates `mod NAME { fn uring(); fn epoll(); }` calling `NAME(driver)`.
-macro_rules! per_driver {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::Driver;
-            #[test]
-            fn uring() {
-                super::$name(Driver::Uring)
-            }
-            #[test]
-            fn epoll() {
-                super::$name(Driver::Epoll)
-            }
-        }
-    )*};
 }
 
 // ---------------------------------------------------------------------------

@@ -1601,3 +1601,62 @@ impl Drop for Proxy {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Tests generated per I/O driver (and per `Splice` mode)
+// ---------------------------------------------------------------------------
+
+/// Generates `mod NAME { fn uring(); fn epoll(); }` calling `NAME(driver)`.
+#[allow(unused_macros)] // not every test binary uses it
+macro_rules! per_driver {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::Driver;
+            #[test]
+            fn uring() {
+                super::$name(Driver::Uring)
+            }
+            #[test]
+            fn epoll() {
+                super::$name(Driver::Epoll)
+            }
+        }
+    )*};
+}
+
+/// Generates the six driver x `Splice on|off|auto` tests calling `NAME(driver, mode)`.
+#[allow(unused_macros)]
+macro_rules! per_driver_and_splice {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::Driver;
+            #[test]
+            fn uring_splice_on() {
+                super::$name(Driver::Uring, "on")
+            }
+            #[test]
+            fn uring_splice_off() {
+                super::$name(Driver::Uring, "off")
+            }
+            #[test]
+            fn epoll_splice_on() {
+                super::$name(Driver::Epoll, "on")
+            }
+            #[test]
+            fn epoll_splice_off() {
+                super::$name(Driver::Epoll, "off")
+            }
+            #[test]
+            fn uring_splice_auto() {
+                super::$name(Driver::Uring, "auto")
+            }
+            #[test]
+            fn epoll_splice_auto() {
+                super::$name(Driver::Epoll, "auto")
+            }
+        }
+    )*};
+}
+
+#[allow(unused_imports)]
+pub(crate) use {per_driver, per_driver_and_splice};
