@@ -133,19 +133,18 @@ async fn wait_request(w: &Worker, client: &Stream, idle: Duration, may_park: boo
     let fd = client.fd();
     let now = now_ms();
     let deadline = now + idle.as_millis() as u64;
-    w.idle.borrow_mut().insert(
-        fd,
-        Idle {
-            deadline,
-            park_at: if may_park {
-                now + PARK_AFTER.as_millis() as u64
-            } else {
-                u64::MAX
-            },
-            park: false,
-            waker: None,
+    // Entered into the idle map at the first Pending, waker included: one map
+    // operation there, one to leave, per request.
+    let mut entry = Some(Idle {
+        deadline,
+        park_at: if may_park {
+            now + PARK_AFTER.as_millis() as u64
+        } else {
+            u64::MAX
         },
-    );
+        park: false,
+        waker: None,
+    });
     // Readiness first: when both are ready, the request wins. Dropping the
     // readiness wait (to park) loses nothing, it reads no data.
     let mut readable = std::pin::pin!(client.readable());
@@ -153,7 +152,13 @@ async fn wait_request(w: &Worker, client: &Stream, idle: Duration, may_park: boo
         if let Poll::Ready(r) = readable.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        match w.idle.borrow_mut().get_mut(&fd) {
+        let mut map = w.idle.borrow_mut();
+        if let Some(mut e) = entry.take() {
+            e.waker = Some(cx.waker().clone());
+            map.insert(fd, e);
+            return Poll::Pending;
+        }
+        match map.get_mut(&fd) {
             Some(e) if e.park => Poll::Ready(None),
             Some(e) => {
                 if !e.waker.as_ref().is_some_and(|k| k.will_wake(cx.waker())) {
@@ -166,7 +171,8 @@ async fn wait_request(w: &Worker, client: &Stream, idle: Duration, may_park: boo
         }
     })
     .await;
-    let swept = w.idle.borrow_mut().remove(&fd).is_none();
+    // Never entered (readable at once): nothing to remove, nobody swept it.
+    let swept = entry.is_none() && w.idle.borrow_mut().remove(&fd).is_none();
     match r {
         _ if swept || w.shutdown.started() => Wait::Close,
         Some(Ok(())) => Wait::Request,

@@ -41,9 +41,7 @@ pub struct Worker {
     /// Connections idle long enough to give up their task.
     pub parked: Parking,
     /// The most connection tasks alive at once since the last heap trim.
-    pub tasks_peak: Cell<usize>,
-    /// When the heap was last trimmed (ms, crate clock).
-    pub last_trim: Cell<u64>,
+    tasks_peak: Cell<usize>,
     /// A park failed already (logged once).
     park_failed: Cell<bool>,
     /// Reused buffer for the normalised path of the request being routed.
@@ -125,7 +123,6 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             idle: RefCell::new(FxHashMap::default()),
             parked,
             tasks_peak: Cell::new(0),
-            last_trim: Cell::new(0),
             park_failed: Cell::new(false),
             path_scratch: RefCell::new(Vec::with_capacity(256)),
             listen_fds: RefCell::new(Vec::new()),
@@ -492,7 +489,7 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
             // of us), so the memory their tasks held is released in this sweep.
             yield_once().await;
         }
-        release_memory(&w, now);
+        release_memory(&w);
     }
 }
 
@@ -512,19 +509,17 @@ async fn yield_once() {
 
 /// After a burst: free the pooled buffers nobody used since the last sweep, shrink
 /// the idle map, and give free heap pages back (see `trim`).
-fn release_memory(w: &Worker, now: u64) {
+///
+/// At most one trim per sweep (malloc_trim locks every arena, other workers' too),
+/// and only after a burst (see TRIM_AT).
+fn release_memory(w: &Worker) {
     /// Buffers kept whatever happens: a few requests never wait for malloc.
     const RESERVE: usize = 16;
     /// A drop this large in live tasks or pooled buffers is worth a trim.
     const TRIM_AT: usize = 256;
-    /// malloc_trim locks every arena, other workers' too: at most once per sweep
-    /// (and only after a burst, see TRIM_AT).
-    const TRIM_EVERY_MS: u64 = 250;
     let freed = w.bufs.release_unused(RESERVE);
     let tasks = w.conns.get() - w.parked.len();
-    let due = now >= w.last_trim.get() + TRIM_EVERY_MS;
-    if due && (freed >= TRIM_AT / 4 || w.tasks_peak.get() >= tasks + TRIM_AT) {
-        w.last_trim.set(now);
+    if freed >= TRIM_AT / 4 || w.tasks_peak.get() >= tasks + TRIM_AT {
         let mut idle = w.idle.borrow_mut();
         if idle.capacity() > 4 * idle.len().max(64) {
             idle.shrink_to_fit();
