@@ -120,16 +120,15 @@ async fn exchange_inner(
     if !wait_continue {
         out.extend_from_slice(&buf[body_start..body_start + in_buf]);
     }
-    // Replayable: everything the backend will get is in `out` right now, and the
-    // method is idempotent (RFC 9110 9.2.2).
-    let idempotent = head.method.is_idempotent();
-    let replayable = req.reused
-        && idempotent
-        && rest == 0
-        && head.framing != BodyFraming::Chunked
-        && !wait_continue;
+    // The whole request is in `out`, so it can be sent again on a fresh connection
+    // when the pooled one turns out dead. A failed write means the backend never got
+    // all of it, so any method may be resent (Go's net/http does the same); a
+    // connection that closes after a complete write may have acted on it, so only
+    // an idempotent request is resent then (RFC 9110 9.2.2).
+    let whole = req.reused && rest == 0 && head.framing != BodyFraming::Chunked && !wait_continue;
+    let replayable = whole && head.method.is_idempotent();
     if let Err(e) = nio::write_all(backend, out, bt).await {
-        return Err(if replayable {
+        return Err(if whole {
             Fail::Replayable(e)
         } else {
             backend_error(&e)

@@ -842,6 +842,7 @@ type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
 struct Inner {
     handler: Box<Handler>,
     accepted: AtomicUsize,
+    closed: AtomicUsize,
     requests: Mutex<Vec<Request>>,
     raw: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
     stop: AtomicBool,
@@ -930,6 +931,7 @@ impl Backend {
         Arc::new(Inner {
             handler,
             accepted: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             raw: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -946,6 +948,7 @@ impl Backend {
             wire.tap = Some(tap);
             serve(&inner, &mut wire, id);
             wire.conn.shutdown(Shutdown::Both);
+            inner.closed.fetch_add(1, Ordering::SeqCst);
         });
     }
 
@@ -960,6 +963,18 @@ impl Backend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.inner.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the backend has closed `n` connections or `within` passed.
+    pub fn wait_closed(&self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.inner.closed.load(Ordering::SeqCst) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Requests received so far (complete or not), in arrival order.
