@@ -53,6 +53,50 @@ pub(crate) fn line_ends_ok(head: &[u8]) -> bool {
     true
 }
 
+/// The header lines a forwarded head leaves out, noted by the parser as it goes
+/// over the fields anyway, so that writing the head copies the header block in
+/// at most three pieces instead of splitting it into lines again (perf: that
+/// second pass was ~3% of a small GET's CPU).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Omit {
+    /// Start and end (past the LF) of up to two lines, in head order.
+    lines: [(u32, u32); 2],
+    len: u8,
+    /// The writer must go line by line: more lines than noted, or lines whose
+    /// fate depends on other fields (`Connection` options, `Upgrade`, a merged
+    /// `X-Forwarded-For`).
+    pub scan: bool,
+}
+
+impl Omit {
+    /// Leave out the line whose name starts at `name_at`.
+    pub fn line(&mut self, buf: &[u8], name_at: usize) {
+        let Some(slot) = self.lines.get_mut(self.len as usize) else {
+            self.scan = true;
+            return;
+        };
+        // Names and values hold no LF (bare LFs and obs-fold are refused), so the
+        // line ends at the first LF after the name.
+        let rest = buf.get(name_at..).unwrap_or(&[]);
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |i| name_at + i + 1);
+        *slot = (name_at as u32, end as u32);
+        self.len += 1;
+    }
+
+    /// Append `buf[start..end]` without the noted lines.
+    pub fn copy(&self, buf: &[u8], start: usize, end: usize, out: &mut Vec<u8>) {
+        let mut at = start;
+        for &(s, e) in &self.lines[..self.len as usize] {
+            out.extend_from_slice(buf.get(at..s as usize).unwrap_or(&[]));
+            at = e as usize;
+        }
+        out.extend_from_slice(buf.get(at..end).unwrap_or(&[]));
+    }
+}
+
 /// Cheap pre-check for the I/O loop: whether the bytes added since
 /// `prev_len` could have completed a head. Re-running the full parser after
 /// every small read of a slow client is quadratic in the head size; scanning

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use super::fields::{
     add_content_length, diagnose_header_name, is_tchar, is_token, line_ends_ok, list_items, offset,
-    ConnectionOptions, Headers, TransferCodings,
+    ConnectionOptions, Headers, Omit, TransferCodings,
 };
 use super::{MAX_HEAD, MAX_HEADERS};
 
@@ -96,6 +96,8 @@ pub struct RequestHead {
     pub host: Option<Range<usize>>,
     /// `Connection` names header fields that must be stripped on forwarding.
     pub connection_options: bool,
+    /// The lines forwarding leaves out (hop-by-hop, `X-Forwarded-*`).
+    pub omit: Omit,
 }
 
 impl RequestHead {
@@ -188,13 +190,23 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
     let mut upgrade_header = false;
     let mut h2c = false;
     let mut headers_start = head_len;
+    let mut omit = Omit::default();
     for (i, h) in req.headers.iter().enumerate() {
         let name = h.name.as_bytes();
+        let name_at = offset(buf, name);
         if i == 0 {
             // The request line ends right before the first header name.
-            headers_start = offset(buf, name);
+            headers_start = name_at;
         }
         let value = h.value;
+        match name.len() {
+            2 if name.eq_ignore_ascii_case(b"te") => omit.line(buf, name_at),
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => omit.line(buf, name_at),
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => omit.scan = true,
+            16 if name.eq_ignore_ascii_case(b"proxy-connection") => omit.line(buf, name_at),
+            17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => omit.line(buf, name_at),
+            _ => {}
+        }
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
                 if host.is_some() {
@@ -210,13 +222,17 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
                 expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                omit.scan = true;
                 for proto in list_items(value) {
                     upgrade_header = true;
                     let name = proto.split(|&b| b == b'/').next().unwrap_or(proto);
                     h2c |= name.eq_ignore_ascii_case(b"h2c");
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => conn.add(value),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                omit.line(buf, name_at);
+                conn.add(value)
+            }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 add_content_length(&mut content_length, value).map_err(Bad)?;
             }
@@ -262,6 +278,8 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
     } else {
         conn.keep_alive && !conn.close
     };
+    // A field named in `Connection` is dropped too: only a scan finds it.
+    omit.scan |= conn.other;
     Ok(RequestHead {
         head_len,
         start,
@@ -277,6 +295,7 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
         upgrade: conn.upgrade && upgrade_header && !h2c && version_minor == 1,
         host,
         connection_options: conn.other,
+        omit,
     })
 }
 

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use super::fields::{
     add_content_length, diagnose_header_name, line_ends_ok, offset, ConnectionOptions, Headers,
-    TransferCodings,
+    Omit, TransferCodings,
 };
 use super::{MAX_HEAD, MAX_HEADERS};
 
@@ -39,6 +39,8 @@ pub struct ResponseHead {
     pub upgrade: bool,
     /// `Connection` names header fields that must be stripped on forwarding.
     pub connection_options: bool,
+    /// The hop-by-hop lines forwarding leaves out.
+    pub omit: Omit,
 }
 
 impl ResponseHead {
@@ -103,13 +105,25 @@ pub fn parse_response(
     let mut codings = TransferCodings::default();
     let mut conn = ConnectionOptions::default();
     let mut headers_start = head_len.saturating_sub(2);
+    let mut omit = Omit::default();
     for (i, h) in res.headers.iter().enumerate() {
         let name = h.name.as_bytes();
+        let name_at = offset(buf, name);
         if i == 0 {
-            headers_start = offset(buf, name);
+            headers_start = name_at;
         }
         match name.len() {
-            10 if name.eq_ignore_ascii_case(b"connection") => conn.add(h.value),
+            2 if name.eq_ignore_ascii_case(b"te") => omit.line(buf, name_at),
+            7 if name.eq_ignore_ascii_case(b"upgrade") => omit.scan = true,
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => omit.line(buf, name_at),
+            16 if name.eq_ignore_ascii_case(b"proxy-connection") => omit.line(buf, name_at),
+            _ => {}
+        }
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                omit.line(buf, name_at);
+                conn.add(h.value)
+            }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 add_content_length(&mut content_length, h.value).map_err(Bad)?;
             }
@@ -149,6 +163,8 @@ pub fn parse_response(
             None => (ResponseFraming::CloseDelimited, false, false),
         },
     };
+    // A field named in `Connection` is dropped too: only a scan finds it.
+    omit.scan |= conn.other;
     Ok(ResponseHead {
         head_len,
         start,
@@ -159,6 +175,7 @@ pub fn parse_response(
         keep_alive,
         upgrade,
         connection_options: conn.other,
+        omit,
     })
 }
 

@@ -115,13 +115,22 @@ pub fn write_request_head(
     out.clear();
     out.extend_from_slice(buf.get(head.start..head.headers_start).unwrap_or(&[]));
     let headers = head.headers(buf);
-    copy_headers(
-        headers.clone(),
-        head.connection_options,
-        head.upgrade,
-        &[b"x-forwarded-for", b"x-forwarded-proto"],
-        out,
-    );
+    if head.omit.scan {
+        copy_headers(
+            headers.clone(),
+            head.connection_options,
+            head.upgrade,
+            &[b"x-forwarded-for", b"x-forwarded-proto"],
+            out,
+        );
+    } else {
+        head.omit.copy(
+            buf,
+            head.headers_start,
+            head.head_len.saturating_sub(2),
+            out,
+        );
+    }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if !info.keep_backend_alive {
@@ -130,7 +139,9 @@ pub fn write_request_head(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in headers.filter(|h| h.name.eq_ignore_ascii_case(b"x-forwarded-for")) {
+    // Without `scan` the head has no X-Forwarded-For line to merge.
+    let received = headers.take_while(|_| head.omit.scan);
+    for h in received.filter(|h| h.name.eq_ignore_ascii_case(b"x-forwarded-for")) {
         for item in list_items(h.value) {
             out.extend_from_slice(item);
             out.extend_from_slice(b", ");
@@ -158,13 +169,22 @@ pub fn write_response_head(
 ) {
     out.clear();
     out.extend_from_slice(buf.get(head.start..head.headers_start).unwrap_or(&[]));
-    copy_headers(
-        head.headers(buf),
-        head.connection_options,
-        head.upgrade,
-        &[],
-        out,
-    );
+    if head.omit.scan {
+        copy_headers(
+            head.headers(buf),
+            head.connection_options,
+            head.upgrade,
+            &[],
+            out,
+        );
+    } else {
+        head.omit.copy(
+            buf,
+            head.headers_start,
+            head.head_len.saturating_sub(2),
+            out,
+        );
+    }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if head.is_interim() {

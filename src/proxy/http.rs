@@ -21,9 +21,11 @@ use crate::upstream::clock::now_ms;
 
 /// Serve one client connection until it closes.
 ///
-/// This future is what an idle keep-alive connection costs, so it holds only the
-/// idle wait; everything a request needs (head reading, routing, the exchange,
-/// bodies) lives in one boxed future per request.
+/// The request's state (head reading, routing, the exchange) is inline: boxing it
+/// per request cost a 3 KB allocation each time (0.35 µs of user time per small
+/// GET, measured A/B), and a connection idle for long gives up this whole future
+/// when it parks, so its size no longer decides what an idle connection costs.
+/// Bodies, tunnels and slow writes stay boxed in `exchange`: most requests have none.
 pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
     // Bytes of the next request already read (pipelining), if any. HTTP
     // listeners defer accept until the first bytes are in, so a new connection
@@ -69,7 +71,7 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
                 w.bufs.take()
             }
         };
-        match Box::pin(request(w, &client, peer, buf)).await {
+        match request(w, &client, peer, buf).await {
             Some(rest) => carry = Some(rest),
             None => return,
         }

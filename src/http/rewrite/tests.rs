@@ -189,3 +189,81 @@ fn error_responses() {
     assert_eq!(status_text(431), "Request Header Fields Too Large");
     assert_eq!(status_text(505), "HTTP Version Not Supported");
 }
+
+/// The copy that leaves out the lines the parser noted writes exactly what the
+/// line-by-line scan writes, for any mix of kept and dropped fields.
+mod omit_matches_scan {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LINES: &[&str] = &[
+        "Host: a",
+        "Accept: */*",
+        "X-Other: 3",
+        "Connection: keep-alive",
+        "connection: close",
+        "Connection: X-Secret",
+        "X-Secret: 1",
+        "Keep-Alive: 300",
+        "KEEP-ALIVE: timeout=5",
+        "TE: trailers",
+        "te: gzip",
+        "Proxy-Connection: keep-alive",
+        "X-Forwarded-For: 10.0.0.1",
+        "X-Forwarded-Proto: https",
+        "x-forwarded-proto: http",
+        "Upgrade: websocket",
+        "Trailer: X-Sum",
+        "Content-Length: 0",
+        "Date: Mon, 23 Nov 2026 01:00:00 GMT",
+        "Empty:",
+    ];
+
+    fn both<H: Clone>(
+        head: &H,
+        scan: fn(&mut H),
+        write: &dyn Fn(&H, &mut Vec<u8>),
+    ) -> (Vec<u8>, Vec<u8>) {
+        let (mut fast, mut slow) = (Vec::new(), Vec::new());
+        write(head, &mut fast);
+        let mut h = head.clone();
+        scan(&mut h);
+        write(&h, &mut slow);
+        (fast, slow)
+    }
+
+    proptest! {
+        #[test]
+        fn request(picks in proptest::collection::vec(0..LINES.len(), 0..8)) {
+            let mut req = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+            for &i in &picks {
+                req.push_str(LINES[i]);
+                req.push_str("\r\n");
+            }
+            req.push_str("\r\n");
+            // Heads the parser refuses (two Host lines) have nothing to forward.
+            let Ok(head) = parse_request(req.as_bytes()) else { return Ok(()) };
+            let write = |h: &RequestHead, out: &mut Vec<u8>| {
+                write_request_head(req.as_bytes(), h, &info(true), out)
+            };
+            let (fast, slow) = both(&head, |h| h.omit.scan = true, &write);
+            prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow));
+        }
+
+        #[test]
+        fn response(picks in proptest::collection::vec(0..LINES.len(), 0..8), keep: bool) {
+            let mut res = String::from("HTTP/1.1 200 OK\r\n");
+            for &i in &picks {
+                res.push_str(LINES[i]);
+                res.push_str("\r\n");
+            }
+            res.push_str("\r\n");
+            let Ok(head) = parse_response(res.as_bytes(), false) else { return Ok(()) };
+            let write = |h: &ResponseHead, out: &mut Vec<u8>| {
+                write_response_head(res.as_bytes(), h, keep, out)
+            };
+            let (fast, slow) = both(&head, |h| h.omit.scan = true, &write);
+            prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow));
+        }
+    }
+}
