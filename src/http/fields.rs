@@ -43,14 +43,9 @@ pub(crate) fn offset(buf: &[u8], sub: &[u8]) -> usize {
 /// do so, but a proxy that does while the backend does not (or the reverse)
 /// is a request smuggling vector, so simian refuses them.
 pub(crate) fn line_ends_ok(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return false;
-        }
-        prev = b;
-    }
-    true
+    // memchr finds the few dozen LFs of a head without a look at every byte (a
+    // byte loop was ~150 ns per response head in perf).
+    memchr::memchr_iter(b'\n', head).all(|i| head.get(i.wrapping_sub(1)) == Some(&b'\r'))
 }
 
 /// The header lines a forwarded head leaves out, noted by the parser as it goes
@@ -104,12 +99,8 @@ impl Omit {
 pub fn head_may_be_complete(buf: &[u8], prev_len: usize) -> bool {
     let from = prev_len.saturating_sub(3);
     let tail = buf.get(from..).unwrap_or(&[]);
-    (0..tail.len()).any(|i| {
-        matches!(
-            tail.get(i..),
-            Some([b'\n', b'\n', ..] | [b'\n', b'\r', b'\n', ..])
-        )
-    })
+    memchr::memchr_iter(b'\n', tail)
+        .any(|i| matches!(tail.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..])))
 }
 
 /// One header line of a validated head.
@@ -315,6 +306,31 @@ pub(crate) fn diagnose_header_name(head: &[u8]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The memchr scans agree with plain byte-by-byte loops over heads made
+        /// of the bytes that matter (CR, LF) and filler.
+        #[test]
+        fn line_scans_match_byte_loops(
+            head in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'a')], 0..40),
+            prev in 0usize..44,
+        ) {
+            let mut last = 0u8;
+            let mut bare_lf = false;
+            for &b in &head {
+                bare_lf |= b == b'\n' && last != b'\r';
+                last = b;
+            }
+            prop_assert_eq!(line_ends_ok(&head), !bare_lf);
+            let from = prev.saturating_sub(3).min(head.len());
+            let tail = &head[from..];
+            let end = (0..tail.len()).any(|i| {
+                matches!(tail.get(i..), Some([b'\n', b'\n', ..] | [b'\n', b'\r', b'\n', ..]))
+            });
+            prop_assert_eq!(head_may_be_complete(&head, prev), end);
+        }
+    }
 
     #[test]
     fn content_length_rules() {
