@@ -21,7 +21,15 @@ pub struct RouteCounters {
     pub matches: Box<[AtomicU64]>,
 }
 
-/// A route's counters, one slot per worker.
+/// Add to a counter only one worker thread writes: a plain load and store instead
+/// of a locked read-modify-write (the six `lock xadd` of a request were ~40 ns).
+/// Readers on other threads still see whole values, at most a moment old.
+#[inline]
+fn bump(c: &AtomicU64, v: u64) {
+    c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+}
+
+/// A route's counters, one slot per worker; only that worker's thread writes it.
 pub struct RouteStats {
     pub workers: Box<[RouteCounters]>,
 }
@@ -59,18 +67,18 @@ impl RouteStats {
             .unwrap_or(c.requests.len() - 1)
             .min(c.requests.len() - 1);
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        c.requests[row][class].fetch_add(1, Relaxed);
+        bump(&c.requests[row][class], 1);
         let secs = micros as f64 / 1e6;
         let b = BUCKETS
             .iter()
             .position(|&ub| secs <= ub)
             .unwrap_or(BUCKETS.len());
-        c.buckets[b].fetch_add(1, Relaxed);
-        c.duration_sum_us.fetch_add(micros, Relaxed);
-        c.received.fetch_add(received, Relaxed);
-        c.sent.fetch_add(sent, Relaxed);
+        bump(&c.buckets[b], 1);
+        bump(&c.duration_sum_us, micros);
+        bump(&c.received, received);
+        bump(&c.sent, sent);
         if let Some(m) = c.matches.get(pattern) {
-            m.fetch_add(1, Relaxed);
+            bump(m, 1);
         }
     }
 
@@ -78,8 +86,8 @@ impl RouteStats {
     /// is not a request.
     pub fn add_bytes(&self, w: usize, received: u64, sent: u64) {
         if let Some(c) = self.workers.get(w) {
-            c.received.fetch_add(received, Relaxed);
-            c.sent.fetch_add(sent, Relaxed);
+            bump(&c.received, received);
+            bump(&c.sent, sent);
         }
     }
 
