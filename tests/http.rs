@@ -729,7 +729,10 @@ fn backend_closes_after_response(d: Driver) {
             assert!(r.keep_alive(), "{:?}", r.head);
             // Every request so far had a backend connection of its own.
             let before = if kind == "silent" { 6 } else { 0 } + 2 * i + 1;
-            assert!(b.wait_closed(before, Duration::from_secs(5)));
+            assert!(
+                b.wait_closed(before, Duration::from_secs(5)),
+                "the backend did not close {before} connections"
+            );
             let path = format!("/{kind}/post{i}");
             c.send(
                 format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
@@ -1559,12 +1562,14 @@ fn bad_backend_responses(d: Driver) {
     }
 }
 
-/// Interim 1xx responses (103 Early Hints) are relayed before the final one.
+/// Interim 1xx responses (103 Early Hints) are relayed before the final one,
+/// without their hop-by-hop fields.
 fn interim_responses(d: Driver) {
     let b = Backend::start(|r| {
         if r.target == "/hints" {
             Reply::Raw(
-                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
+                b"HTTP/1.1 103 Early Hints\r\nConnection: X-Hop\r\nLink: </s.css>; rel=preload\r\n\
+                  X-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n\
                   HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
                     .to_vec(),
             )
@@ -1581,6 +1586,9 @@ fn interim_responses(d: Driver) {
         (r.status, r.get("Link")),
         (103, Some("</s.css>; rel=preload"))
     );
+    for hop in ["Connection", "X-Hop", "Keep-Alive"] {
+        assert_eq!(r.get(hop), None, "{hop} forwarded in {:?}", r.head);
+    }
     let r = c.read_response();
     assert_eq!((r.status, r.text().as_str()), (200, "final"));
     assert_eq!(c.get("/next").text(), "next\n");

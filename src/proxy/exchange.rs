@@ -121,14 +121,25 @@ async fn exchange_inner(
         out.extend_from_slice(&buf[body_start..body_start + in_buf]);
     }
     // The whole request is in `out`, so it can be sent again on a fresh connection
-    // when the pooled one turns out dead. A failed write means the backend never got
-    // all of it, so any method may be resent (Go's net/http does the same); a
-    // connection that closes after a complete write may have acted on it, so only
-    // an idempotent request is resent then (RFC 9110 9.2.2).
+    // when the pooled one turns out dead: any method when not one byte of it was
+    // taken (the backend cannot have seen it; Go's net/http retries exactly then),
+    // only an idempotent one once some of it may have arrived (RFC 9110 9.2.2).
     let whole = req.reused && rest == 0 && head.framing != BodyFraming::Chunked && !wait_continue;
     let replayable = whole && head.method.is_idempotent();
-    if let Err(e) = nio::write_all(backend, out, bt).await {
-        return Err(if whole {
+    // The first send inline, to know whether anything at all left simian.
+    let sent = match nio::try_write(backend, out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => {
+            return Err(if whole {
+                Fail::Replayable(e)
+            } else {
+                backend_error(&e)
+            })
+        }
+    };
+    if let Err(e) = nio::write_all(backend, &out[sent..], bt).await {
+        return Err(if replayable {
             Fail::Replayable(e)
         } else {
             backend_error(&e)
@@ -150,7 +161,9 @@ async fn exchange_inner(
             let first = read_response(backend, &mut rbuf, false, bt.min(EXPECT_WAIT)).await;
             let send_body = match first {
                 Ok(rh) if rh.status == 100 => {
-                    nio::write_all(client, &rbuf[..rh.head_len], idle)
+                    // Rewritten like any head: hop-by-hop fields stay on this hop.
+                    http::write_response_head(&rbuf, &rh, false, out);
+                    nio::write_all(client, out, idle)
                         .await
                         .map_err(|e| Fail::Abort(format!("client: {e}")))?;
                     rbuf.drain(..rh.head_len);
@@ -207,7 +220,8 @@ async fn exchange_inner(
                 ));
             }
             if rh.is_interim() {
-                nio::write_all(client, &rbuf[..rh.head_len], idle)
+                http::write_response_head(&rbuf, &rh, false, out);
+                nio::write_all(client, out, idle)
                     .await
                     .map_err(|e| Fail::Abort(format!("client: {e}")))?;
                 rbuf.drain(..rh.head_len);
