@@ -48,7 +48,12 @@ impl BackendPool {
 
     pub fn put(&self, addr: &Address, s: Stream) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr.clone()).or_default();
+        // The key is cloned only the first time: `entry` would clone it on every
+        // put, an allocation per request for a unix-socket backend.
+        let list = match idle.get_mut(addr) {
+            Some(list) => list,
+            None => idle.entry(addr.clone()).or_default(),
+        };
         if list.len() >= MAX_IDLE_PER_SERVER {
             list.remove(0);
         }
