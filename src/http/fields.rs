@@ -81,6 +81,20 @@ impl Omit {
         self.len += 1;
     }
 
+    /// Note the field named `name` (at `name_at`) if forwarding leaves it out in
+    /// either direction: the hop-by-hop fields of RFC 9110 §7.6.1. `Upgrade` is
+    /// kept for an upgrade, which only the whole head decides, so it asks for a scan.
+    pub fn note_hop_by_hop(&mut self, buf: &[u8], name: &[u8], name_at: usize) {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is(b"te") => self.line(buf, name_at),
+            7 if is(b"upgrade") => self.scan = true,
+            10 if is(b"connection") || is(b"keep-alive") => self.line(buf, name_at),
+            16 if is(b"proxy-connection") => self.line(buf, name_at),
+            _ => {}
+        }
+    }
+
     /// Append `buf[start..end]` without the noted lines.
     pub fn copy(&self, buf: &[u8], start: usize, end: usize, out: &mut Vec<u8>) {
         let mut at = start;

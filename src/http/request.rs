@@ -199,11 +199,10 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
             headers_start = name_at;
         }
         let value = h.value;
+        omit.note_hop_by_hop(buf, name, name_at);
         match name.len() {
-            2 if name.eq_ignore_ascii_case(b"te") => omit.line(buf, name_at),
-            10 if name.eq_ignore_ascii_case(b"keep-alive") => omit.line(buf, name_at),
+            // Merged into simian's own line: only a scan collects every value.
             15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => omit.scan = true,
-            16 if name.eq_ignore_ascii_case(b"proxy-connection") => omit.line(buf, name_at),
             17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => omit.line(buf, name_at),
             _ => {}
         }
@@ -222,17 +221,13 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
                 expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => {
-                omit.scan = true;
                 for proto in list_items(value) {
                     upgrade_header = true;
                     let name = proto.split(|&b| b == b'/').next().unwrap_or(proto);
                     h2c |= name.eq_ignore_ascii_case(b"h2c");
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                omit.line(buf, name_at);
-                conn.add(value)
-            }
+            10 if name.eq_ignore_ascii_case(b"connection") => conn.add(value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 add_content_length(&mut content_length, value).map_err(Bad)?;
             }

@@ -112,18 +112,9 @@ pub fn parse_response(
         if i == 0 {
             headers_start = name_at;
         }
+        omit.note_hop_by_hop(buf, name, name_at);
         match name.len() {
-            2 if name.eq_ignore_ascii_case(b"te") => omit.line(buf, name_at),
-            7 if name.eq_ignore_ascii_case(b"upgrade") => omit.scan = true,
-            10 if name.eq_ignore_ascii_case(b"keep-alive") => omit.line(buf, name_at),
-            16 if name.eq_ignore_ascii_case(b"proxy-connection") => omit.line(buf, name_at),
-            _ => {}
-        }
-        match name.len() {
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                omit.line(buf, name_at);
-                conn.add(h.value)
-            }
+            10 if name.eq_ignore_ascii_case(b"connection") => conn.add(h.value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 add_content_length(&mut content_length, h.value).map_err(Bad)?;
             }

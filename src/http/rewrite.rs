@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use super::fields::{list_items, named_in_connection, Headers};
+use super::fields::{list_items, named_in_connection, Headers, Omit};
 use super::request::RequestHead;
 use super::response::ResponseHead;
 
@@ -78,13 +78,24 @@ fn fate(name: &[u8], keep_upgrade: bool) -> Fate {
     }
 }
 
+/// Append the header lines of `buf[block]` (from the first header line to the
+/// head's end) that go to the next hop: the block minus the lines the parser
+/// noted, or, when it could not tell (`omit.scan`), a line-by-line scan.
 fn copy_headers(
-    headers: Headers<'_>,
+    buf: &[u8],
+    block: std::ops::Range<usize>,
+    omit: &Omit,
     options: bool,
     keep_upgrade: bool,
     skip: &[&[u8]],
     out: &mut Vec<u8>,
 ) {
+    if !omit.scan {
+        // The block ends with the empty line that ends the head.
+        omit.copy(buf, block.start, block.end.saturating_sub(2), out);
+        return;
+    }
+    let headers = Headers::new(buf, block.start, block.end);
     for h in headers.clone() {
         if skip.iter().any(|s| h.name.eq_ignore_ascii_case(s)) {
             continue;
@@ -115,22 +126,15 @@ pub fn write_request_head(
     out.clear();
     out.extend_from_slice(buf.get(head.start..head.headers_start).unwrap_or(&[]));
     let headers = head.headers(buf);
-    if head.omit.scan {
-        copy_headers(
-            headers.clone(),
-            head.connection_options,
-            head.upgrade,
-            &[b"x-forwarded-for", b"x-forwarded-proto"],
-            out,
-        );
-    } else {
-        head.omit.copy(
-            buf,
-            head.headers_start,
-            head.head_len.saturating_sub(2),
-            out,
-        );
-    }
+    copy_headers(
+        buf,
+        head.headers_start..head.head_len,
+        &head.omit,
+        head.connection_options,
+        head.upgrade,
+        &[b"x-forwarded-for", b"x-forwarded-proto"],
+        out,
+    );
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if !info.keep_backend_alive {
@@ -169,22 +173,15 @@ pub fn write_response_head(
 ) {
     out.clear();
     out.extend_from_slice(buf.get(head.start..head.headers_start).unwrap_or(&[]));
-    if head.omit.scan {
-        copy_headers(
-            head.headers(buf),
-            head.connection_options,
-            head.upgrade,
-            &[],
-            out,
-        );
-    } else {
-        head.omit.copy(
-            buf,
-            head.headers_start,
-            head.head_len.saturating_sub(2),
-            out,
-        );
-    }
+    copy_headers(
+        buf,
+        head.headers_start..head.head_len,
+        &head.omit,
+        head.connection_options,
+        head.upgrade,
+        &[],
+        out,
+    );
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if head.is_interim() {
