@@ -73,10 +73,7 @@ impl Omit {
         // Names and values hold no LF (bare LFs and obs-fold are refused), so the
         // line ends at the first LF after the name.
         let rest = buf.get(name_at..).unwrap_or(&[]);
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(buf.len(), |i| name_at + i + 1);
+        let end = memchr::memchr(b'\n', rest).map_or(buf.len(), |i| name_at + i + 1);
         *slot = (name_at as u32, end as u32);
         self.len += 1;
     }

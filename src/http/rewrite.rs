@@ -125,7 +125,6 @@ pub fn write_request_head(
 ) {
     out.clear();
     out.extend_from_slice(buf.get(head.start..head.headers_start).unwrap_or(&[]));
-    let headers = head.headers(buf);
     copy_headers(
         buf,
         head.headers_start..head.head_len,
@@ -144,11 +143,13 @@ pub fn write_request_head(
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     // Without `scan` the head has no X-Forwarded-For line to merge.
-    let received = headers.take_while(|_| head.omit.scan);
-    for h in received.filter(|h| h.name.eq_ignore_ascii_case(b"x-forwarded-for")) {
-        for item in list_items(h.value) {
-            out.extend_from_slice(item);
-            out.extend_from_slice(b", ");
+    if head.omit.scan {
+        let received = head.headers(buf);
+        for h in received.filter(|h| h.name.eq_ignore_ascii_case(b"x-forwarded-for")) {
+            for item in list_items(h.value) {
+                out.extend_from_slice(item);
+                out.extend_from_slice(b", ");
+            }
         }
     }
     match info.client_ip {

@@ -126,25 +126,22 @@ async fn exchange_inner(
     // only an idempotent one once some of it may have arrived (RFC 9110 9.2.2).
     let whole = req.reused && rest == 0 && head.framing != BodyFraming::Chunked && !wait_continue;
     let replayable = whole && head.method.is_idempotent();
+    let fail = |e: io::Error, resend: bool| {
+        if resend {
+            Fail::Replayable(e)
+        } else {
+            backend_error(&e)
+        }
+    };
     // The first send inline, to know whether anything at all left simian.
     let sent = match nio::try_write(backend, out) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => {
-            return Err(if whole {
-                Fail::Replayable(e)
-            } else {
-                backend_error(&e)
-            })
-        }
+        Err(e) => return Err(fail(e, whole)),
     };
-    if let Err(e) = nio::write_all(backend, &out[sent..], bt).await {
-        return Err(if replayable {
-            Fail::Replayable(e)
-        } else {
-            backend_error(&e)
-        });
-    }
+    nio::write_all(backend, &out[sent..], bt)
+        .await
+        .map_err(|e| fail(e, replayable))?;
 
     let mut rbuf = w.bufs.take();
     let r = async {
