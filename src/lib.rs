@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod stats;
+pub mod tls;
 pub mod upstream;

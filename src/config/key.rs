@@ -6,6 +6,11 @@ pub enum Key {
     Listen,
     TlsCertificate,
     TlsKey,
+    TlsProtocols,
+    TlsClientCa,
+    TlsClientAuth,
+    BackendCa,
+    BackendTlsVerify,
     Match,
     Name,
     ServerList,
@@ -44,10 +49,15 @@ pub enum Place {
 }
 
 impl Key {
-    pub const ALL: [Key; 30] = [
+    pub const ALL: [Key; 35] = [
         Key::Listen,
         Key::TlsCertificate,
         Key::TlsKey,
+        Key::TlsProtocols,
+        Key::TlsClientCa,
+        Key::TlsClientAuth,
+        Key::BackendCa,
+        Key::BackendTlsVerify,
         Key::Match,
         Key::Name,
         Key::ServerList,
@@ -83,6 +93,11 @@ impl Key {
             Key::Listen => "Listen",
             Key::TlsCertificate => "TLSCertificate",
             Key::TlsKey => "TLSKey",
+            Key::TlsProtocols => "TLSProtocols",
+            Key::TlsClientCa => "TLSClientCA",
+            Key::TlsClientAuth => "TLSClientAuth",
+            Key::BackendCa => "BackendCA",
+            Key::BackendTlsVerify => "BackendTLSVerify",
             Key::Match => "Match",
             Key::Name => "Name",
             Key::ServerList => "ServerList",
@@ -117,6 +132,9 @@ impl Key {
         match self {
             Key::TlsCertificate
             | Key::TlsKey
+            | Key::TlsProtocols
+            | Key::TlsClientCa
+            | Key::TlsClientAuth
             | Key::HeadTimeout
             | Key::GlobalMaxConnections
             | Key::StatisticsUrl
@@ -141,7 +159,11 @@ impl Key {
     pub fn repeatable(self) -> bool {
         matches!(
             self,
-            Key::Listen | Key::Match | Key::ServerList | Key::StatisticsAllow
+            Key::Listen
+                | Key::TlsCertificate
+                | Key::Match
+                | Key::ServerList
+                | Key::StatisticsAllow
         )
     }
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod raw;
 mod resolve;
 mod suggest;
+mod tls;
 mod values;
 
 use std::path::{Path, PathBuf};

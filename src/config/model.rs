@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::route::Router;
+pub use crate::tls::server::ClientAuth;
 
 /// Where something was written in the config file, for messages about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,6 +37,8 @@ impl std::fmt::Display for Address {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub addr: Address,
+    /// The address as written: the `listener` label of the TLS statistics.
+    pub text: String,
     pub tls: bool,
     pub span: Span,
 }
@@ -49,6 +52,8 @@ pub struct Server {
     pub addr: Address,
     /// From `weight=N`, or the number of times the server was listed (Monkey's WRR).
     pub weight: u32,
+    /// `tls:host:port`: spoken to over TLS, with this SNI and verification name.
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
     pub span: Span,
 }
 
@@ -175,6 +180,11 @@ pub struct Entry {
     pub listen: Vec<Listener>,
     pub wait_bytes: u64,
     pub splice: SpliceMode,
+    /// The client side of its `tls:` servers; `None` when it has none.
+    pub backend_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `BackendTLSVerify` (default on) and `BackendCA` (default: the system's).
+    pub backend_verify: bool,
+    pub backend_ca: Option<PathBuf>,
     pub span: Span,
 }
 
@@ -222,8 +232,9 @@ impl std::fmt::Display for Cidr {
 pub struct Global {
     /// http listeners (the defaults' `Listen`); empty when nothing needs them.
     pub listen: Vec<Listener>,
-    pub tls_certificate: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
+    /// TLS termination for every `tls` listener; `None` without certificates.
+    pub tls: Option<std::sync::Arc<crate::tls::Termination>>,
+    pub tls_client_ca: Option<PathBuf>,
     pub head_timeout: Duration,
     /// The defaults' `IdleTimeout`: how long a client connection may sit between
     /// requests (before a request is routed no entry applies yet).

@@ -10,7 +10,7 @@ use pest::Parser;
 use super::diagnostic::{Diagnostic, Severity};
 use super::grammar::{describe, ConfigParser, Rule};
 use super::key::Key;
-use super::model::{Balancer, HealthCheck, Mode, Span, SpliceMode, StickyKind};
+use super::model::{Balancer, ClientAuth, HealthCheck, Mode, Span, SpliceMode, StickyKind};
 
 /// Longest line accepted; longer ones are certainly not a config line and would make
 /// every message about them unreadable.
@@ -40,7 +40,12 @@ pub enum AddrText {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerToken {
-    Addr { text: String, addr: AddrText },
+    /// `tls`: written `tls:host:port`, spoken to over TLS.
+    Addr {
+        text: String,
+        addr: AddrText,
+        tls: bool,
+    },
     Weight(String),
 }
 
@@ -52,6 +57,15 @@ pub enum Value {
         tls: bool,
     },
     Path(String),
+    /// `TLSCertificate CERT [KEY]`.
+    Certificate {
+        cert: String,
+        key: Option<Spanned<String>>,
+    },
+    /// `TLSProtocols`: each version as written, "1.2" or "1.3".
+    Versions(Vec<String>),
+    ClientAuth(ClientAuth),
+    Switch(bool),
     Patterns(Vec<Spanned<String>>),
     Name(String),
     Servers(Vec<Spanned<ServerToken>>),
@@ -423,6 +437,11 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Rule::listen => Key::Listen,
         Rule::tls_certificate => Key::TlsCertificate,
         Rule::tls_key => Key::TlsKey,
+        Rule::tls_protocols => Key::TlsProtocols,
+        Rule::tls_client_ca => Key::TlsClientCa,
+        Rule::tls_client_auth => Key::TlsClientAuth,
+        Rule::backend_ca => Key::BackendCa,
+        Rule::backend_tls_verify => Key::BackendTlsVerify,
         Rule::match_dir => Key::Match,
         Rule::name => Key::Name,
         Rule::server_list => Key::ServerList,
@@ -465,7 +484,32 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
                 tls,
             }
         }
-        Key::TlsCertificate | Key::TlsKey | Key::ErrorLog => Value::Path(first_str),
+        Key::TlsCertificate => Value::Certificate {
+            cert: first_str,
+            key: values.next().map(|p| Spanned {
+                span: span_of(&p, line),
+                value: p.as_str().to_string(),
+            }),
+        },
+        Key::TlsProtocols => Value::Versions(
+            std::iter::once(first)
+                .chain(values)
+                .map(|p| p.as_str().to_string())
+                .collect(),
+        ),
+        Key::TlsClientAuth => {
+            Value::ClientAuth(match first.into_inner().next().map(|p| p.as_rule()) {
+                Some(Rule::auth_off) => ClientAuth::Off,
+                Some(Rule::auth_optional) => ClientAuth::Optional,
+                _ => ClientAuth::Required,
+            })
+        }
+        Key::BackendTlsVerify => Value::Switch(
+            first.into_inner().next().map(|p| p.as_rule()) == Some(Rule::on),
+        ),
+        Key::TlsKey | Key::TlsClientCa | Key::BackendCa | Key::ErrorLog => {
+            Value::Path(first_str)
+        }
         Key::AccessLog | Key::Threads if first.as_rule() == Rule::off => Value::Off,
         Key::Threads if first.as_rule() == Rule::auto => Value::Auto,
         Key::AccessLog => Value::Path(first_str),
@@ -490,10 +534,25 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
                             .next()
                             .map_or(String::new(), |n| n.as_str().into());
                         ServerToken::Weight(n)
+                    } else if p.as_rule() == Rule::tls_addr {
+                        let text = p.as_str().to_string();
+                        let inner = p.into_inner().next();
+                        ServerToken::Addr {
+                            text,
+                            addr: inner.as_ref().map_or(
+                                AddrText::HostPort {
+                                    host: String::new(),
+                                    port: String::new(),
+                                },
+                                addr_text,
+                            ),
+                            tls: true,
+                        }
                     } else {
                         ServerToken::Addr {
                             text: p.as_str().to_string(),
                             addr: addr_text(&p),
+                            tls: false,
                         }
                     };
                     Spanned { value, span }

@@ -20,26 +20,26 @@ const MAX_WEIGHT: u64 = 1000;
 
 /// The directives of one section by key (validated for place and repetition).
 #[derive(Default)]
-struct Keys<'a> {
+pub(super) struct Keys<'a> {
     map: HashMap<Key, Vec<&'a Directive>>,
 }
 
 impl<'a> Keys<'a> {
-    fn one(&self, key: Key) -> Option<&'a Directive> {
+    pub(super) fn one(&self, key: Key) -> Option<&'a Directive> {
         self.map.get(&key).and_then(|v| v.first().copied())
     }
-    fn all(&self, key: Key) -> &[&'a Directive] {
+    pub(super) fn all(&self, key: Key) -> &[&'a Directive] {
         self.map.get(&key).map_or(&[], |v| v.as_slice())
     }
 }
 
-struct Resolver<'r> {
-    raw: &'r RawFile,
-    errors: Vec<Diagnostic>,
+pub(super) struct Resolver<'r> {
+    pub(super) raw: &'r RawFile,
+    pub(super) errors: Vec<Diagnostic>,
 }
 
 impl<'r> Resolver<'r> {
-    fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
+    pub(super) fn error(&mut self, span: Span, message: impl Into<String>, help: Option<String>) {
         let d = self.raw.diag(Severity::Error, span, message, help);
         self.errors.push(d);
     }
@@ -128,6 +128,7 @@ impl<'r> Resolver<'r> {
                 match values::address(addr, true) {
                     Ok(a) => out.push(Listener {
                         addr: a,
+                        text: text.clone(),
                         tls: *tls,
                         span: d.value_span,
                     }),
@@ -149,7 +150,12 @@ impl<'r> Resolver<'r> {
             let mut last_weighted = false;
             for t in tokens {
                 match &t.value {
-                    ServerToken::Addr { text, addr } => {
+                    ServerToken::Addr { text, addr, tls } => {
+                        let host = match addr {
+                            super::raw::AddrText::HostPort { host, .. }
+                            | super::raw::AddrText::Ipv6 { host, .. } => host.clone(),
+                            super::raw::AddrText::Unix(_) => String::new(),
+                        };
                         let addr = match values::address(addr, false) {
                             Ok(a) => a,
                             Err(m) => {
@@ -158,8 +164,17 @@ impl<'r> Resolver<'r> {
                                 continue;
                             }
                         };
+                        let tls = match (&addr, tls) {
+                            (Address::Inet(a), true) => {
+                                Some(crate::tls::client::server_name(&host, a.ip()))
+                            }
+                            _ => None,
+                        };
                         // A server listed k times has weight k (Monkey's WRR).
-                        if let Some(i) = out.iter().position(|s| s.addr == addr) {
+                        if let Some(i) = out
+                            .iter()
+                            .position(|s| s.addr == addr && s.tls.is_some() == tls.is_some())
+                        {
                             out[i].weight += 1;
                             last = Some(i);
                         } else {
@@ -167,6 +182,7 @@ impl<'r> Resolver<'r> {
                                 text: text.clone(),
                                 addr,
                                 weight: 1,
+                                tls,
                                 span: t.span,
                             });
                             last = Some(out.len() - 1);
@@ -241,8 +257,8 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     // Global settings (defaults only).
     let mut global = Global {
         listen: Vec::new(),
-        tls_certificate: path_of(dk.one(Key::TlsCertificate)),
-        tls_key: path_of(dk.one(Key::TlsKey)),
+        tls: None,
+        tls_client_ca: path_of(dk.one(Key::TlsClientCa)),
         head_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         global_max_connections: None,
@@ -294,6 +310,8 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     // per entry is quadratic: 0.6 s at 10,000 entries).
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut patterns: Vec<(usize, String, Span)> = Vec::new();
+    // Read once per load, by the first entry that needs it.
+    let mut system_roots = None;
     for (n, s) in entry_sections.iter().enumerate() {
         let ek = r.keys(s);
         let pick = |k: Key| ek.one(k).or_else(|| dk.one(k));
@@ -396,9 +414,6 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                         None,
                     );
                 }
-                for l in listen.iter().filter(|l| l.tls) {
-                    r.error(l.span, "`tls` is only for http listeners", None);
-                }
                 for k in [Key::StickyCookie, Key::StickyTimeout] {
                     if let Some(d) = ek.one(k) {
                         r.error(
@@ -468,6 +483,16 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             Some(Value::Splice(m)) => *m,
             _ => SpliceMode::Auto,
         };
+        let backend_verify = !matches!(
+            pick(Key::BackendTlsVerify).map(|d| &d.value),
+            Some(Value::Switch(false))
+        );
+        let backend_ca_d = pick(Key::BackendCa);
+        let backend_tls = if servers.iter().any(|s| s.tls.is_some()) {
+            r.backend_tls(backend_ca_d, backend_verify, s.span, &mut system_roots)
+        } else {
+            None
+        };
         entries.push(Entry {
             name,
             mode,
@@ -482,6 +507,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             listen,
             wait_bytes,
             splice,
+            backend_tls,
+            backend_verify,
+            backend_ca: path_of(backend_ca_d),
             span: s.span,
         });
     }
@@ -493,6 +521,7 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         global.listen = if default_listen.is_empty() && dk.all(Key::Listen).is_empty() {
             vec![Listener {
                 addr: Address::Inet(std::net::SocketAddr::from(([0, 0, 0, 0], 8080))),
+                text: "0.0.0.0:8080".into(),
                 tls: false,
                 span: Span::default(),
             }]
@@ -500,20 +529,14 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             default_listen
         };
     }
-    if global.listen.iter().any(|l| l.tls)
-        && (global.tls_certificate.is_none() || global.tls_key.is_none())
-    {
-        let span = global
-            .listen
-            .iter()
-            .find(|l| l.tls)
-            .map_or(Span::default(), |l| l.span);
-        r.error(
-            span,
-            "a `tls` listener needs `TLSCertificate` and `TLSKey` in [PROXY_DEFAULTS]",
-            None,
-        );
-    }
+    let tls_listener = global
+        .listen
+        .iter()
+        .chain(entries.iter().flat_map(|e| e.listen.iter()))
+        .find(|l| l.tls)
+        .map(|l| l.span);
+    let mut tls_warnings = Vec::new();
+    global.tls = r.termination(&dk, tls_listener, &mut tls_warnings);
 
     // No address is listened on twice.
     let mut seen: HashMap<&Address, Span> = HashMap::new();
@@ -570,10 +593,11 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         warnings: Vec::new(),
     };
     config.warnings = lint::warnings(&raw, &config, &patterns);
+    config.warnings.extend(tls_warnings);
     Ok(config)
 }
 
-fn path_of(d: Option<&Directive>) -> Option<PathBuf> {
+pub(super) fn path_of(d: Option<&Directive>) -> Option<PathBuf> {
     match d.map(|d| &d.value) {
         Some(Value::Path(p)) => Some(PathBuf::from(p)),
         _ => None,

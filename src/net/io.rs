@@ -11,6 +11,9 @@ fn would_block(e: &io::Error) -> bool {
 
 /// One nonblocking read into the spare capacity of `buf` (appending). Ok(0) is EOF.
 pub fn try_read(s: &Stream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    if let Stream::Tls(t) = s {
+        return t.try_read(buf, max);
+    }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(super::buffer::BUF_SIZE);
     }
@@ -65,7 +68,16 @@ pub async fn read(s: &Stream, buf: &mut Vec<u8>, max: usize, t: Duration) -> io:
     }
 }
 
+/// One nonblocking write; on TLS the bytes are taken into the session (see
+/// `TlsStream::try_write`), and `write_all` is what guarantees they left.
 pub fn try_write(s: &Stream, data: &[u8]) -> io::Result<usize> {
+    if let Stream::Tls(t) = s {
+        return t.try_write(data);
+    }
+    try_write_plain(s, data)
+}
+
+pub(super) fn try_write_plain(s: &Stream, data: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: reading `data.len()` bytes from a valid slice. MSG_NOSIGNAL: a peer
         // that went away must give EPIPE, not kill the process.
@@ -99,6 +111,11 @@ pub async fn write_all(s: &Stream, mut data: &[u8], t: Duration) -> io::Result<(
             // nothing next to the bytes moved.
             Err(e) if would_block(&e) => Box::pin(writable(s, t)).await?,
             Err(e) => return Err(e),
+        }
+    }
+    if let Stream::Tls(tls) = s {
+        if tls.wants_write() {
+            Box::pin(tls.flush(t)).await?;
         }
     }
     Ok(())

@@ -14,5 +14,6 @@ pub mod io;
 pub mod listen;
 pub mod splice;
 pub mod stream;
+pub mod tls;
 
 pub use stream::Stream;

@@ -1,4 +1,6 @@
-//! A connected socket, TCP or unix, registered with the worker's monoio driver.
+//! A connected socket, TCP or unix, registered with the worker's monoio driver,
+//! or a TLS session over one: the data path reads and writes all three through
+//! `net::io`, and only asks `can_splice` where the kernel would move the bytes.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -8,6 +10,8 @@ use monoio::net::{TcpStream, UnixStream};
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Boxed: a TLS session is ~1 KB of state, and most connections are plain.
+    Tls(Box<super::tls::TlsStream>),
 }
 
 impl Stream {
@@ -28,31 +32,69 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(t) => t.sock.fd(),
         }
     }
 
     pub fn is_tcp(&self) -> bool {
-        matches!(self, Stream::Tcp(_))
+        match self {
+            Stream::Tcp(_) => true,
+            Stream::Unix(_) => false,
+            Stream::Tls(t) => t.sock.is_tcp(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The kernel can move this stream's bytes (splice): not through TLS, whose
+    /// records are made in userspace (no kTLS on this kernel, see TLS.md).
+    pub fn can_splice(&self) -> bool {
+        !self.is_tls()
+    }
+
+    /// The subject of the client's verified TLS certificate (RFC 4514).
+    pub fn client_subject(&self) -> Option<&str> {
+        match self {
+            Stream::Tls(t) => t.client_subject.as_deref(),
+            _ => None,
+        }
     }
 
     /// Wait until a read would not block. Cancellation-safe: dropping it loses nothing.
     pub async fn readable(&self) -> io::Result<()> {
         // relaxed=false: we do the I/O ourselves, outside monoio, so its cached
         // readiness state on the legacy driver is not to be trusted.
-        match self {
+        // TLS: decrypted bytes already held are readable now, whatever the socket.
+        let plain = match self {
+            Stream::Tls(t) if t.has_buffered() => return Ok(()),
+            Stream::Tls(t) => &t.sock,
+            s => s,
+        };
+        match plain {
             Stream::Tcp(s) => s.readable(false).await,
             Stream::Unix(s) => s.readable(false).await,
+            Stream::Tls(_) => Err(io::Error::other("TLS inside TLS")),
         }
     }
 
     pub async fn writable(&self) -> io::Result<()> {
-        match self {
+        let plain = match self {
+            Stream::Tls(t) => &t.sock,
+            s => s,
+        };
+        match plain {
             Stream::Tcp(s) => s.writable(false).await,
             Stream::Unix(s) => s.writable(false).await,
+            Stream::Tls(_) => Err(io::Error::other("TLS inside TLS")),
         }
     }
 
     pub fn shutdown_write(&self) {
+        if let Stream::Tls(t) = self {
+            t.close_notify();
+        }
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
     }
@@ -79,6 +121,9 @@ impl Stream {
     /// True when the peer has closed or sent something unexpected: a pooled idle
     /// backend connection in this state must not carry a request.
     pub fn is_stale(&self) -> bool {
+        if let Stream::Tls(t) = self {
+            return t.is_stale();
+        }
         let mut b = [0u8; 1];
         // SAFETY: 1-byte buffer we own; MSG_PEEK leaves the data in the socket.
         let n = unsafe {
