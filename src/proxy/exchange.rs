@@ -9,11 +9,11 @@
 use std::io;
 
 use crate::config::Entry;
+use crate::context::Worker;
 use crate::http::{self, BodyFraming, ForwardInfo, Method, RequestHead, ResponseFraming};
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
 use crate::proxy::{body, tunnel};
-use crate::runtime::worker::Worker;
 
 /// How long to wait for a backend's `100 Continue` before sending the body anyway.
 const EXPECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use super::http::{send_error, show, Served};
 use crate::balance::{PickContext, Tried};
 use crate::config::{Balancer, StickyKind};
+use crate::context::live::Live;
+use crate::context::Worker;
 use crate::http::{BodyFraming, RequestHead};
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
 use crate::net::Stream;
 use crate::proxy::exchange::{exchange, Fail, Request};
-use crate::runtime::live::Live;
-use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
 use crate::upstream::server::{ActiveSlot, ProbeGuard};
 
@@ -207,7 +207,7 @@ pub(super) async fn proxy(
 /// `StickyCookie NAME table`: the cookie's server while it is usable; else a new
 /// one from the entry's balancer (recorded once the request succeeds).
 fn sticky_table_pick(
-    rt: &crate::runtime::live::EntryRuntime,
+    rt: &crate::context::live::EntryRuntime,
     key: u64,
     cx: &PickContext,
     entry: &crate::config::Entry,
