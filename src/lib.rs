@@ -12,6 +12,7 @@ pub mod accesslog;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod http;
 pub mod net;

@@ -5,9 +5,9 @@ use std::io;
 use std::time::Duration;
 
 use crate::config::SpliceMode;
+use crate::context::Worker;
 use crate::http::{ChunkStep, ChunkedScanner};
 use crate::net::{io as nio, splice, Stream};
-use crate::runtime::worker::Worker;
 
 /// Under `Splice auto`, bodies smaller than this are copied: for a few KiB the two
 /// splice calls through a pipe cost more than a read and a write.

@@ -7,16 +7,19 @@
 //! connection.
 
 use std::io;
+use std::time::Duration;
 
-use crate::config::Entry;
-use crate::http::{self, BodyFraming, ForwardInfo, Method, RequestHead, ResponseFraming};
+use crate::config::{Entry, SpliceMode};
+use crate::context::Worker;
+use crate::http::{
+    self, BodyFraming, ForwardInfo, Method, RequestHead, ResponseFraming, ResponseHead,
+};
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
 use crate::proxy::{body, tunnel};
-use crate::runtime::worker::Worker;
 
 /// How long to wait for a backend's `100 Continue` before sending the body anyway.
-const EXPECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 /// How an exchange ended, when the client got a complete response.
 pub struct Done {
@@ -55,7 +58,7 @@ pub struct Request<'a> {
     /// The pooled connection was reused (a failure may be the keep-alive race).
     pub reused: bool,
     /// Client-side stall limit (`IdleTimeout`).
-    pub idle: std::time::Duration,
+    pub idle: Duration,
 }
 
 /// Bodies, tunnels and slow writes run in futures of their own (boxed when they
@@ -68,267 +71,391 @@ pub async fn exchange(
     buf: &mut Vec<u8>,
     req: &Request<'_>,
 ) -> Result<Done, Fail> {
-    let mut out = w.bufs.take();
-    let r = exchange_inner(
+    let ex = Exchange {
         w,
         client,
         backend,
-        buf,
-        req,
-        &mut out,
-        req.idle,
-        req.entry.timeouts.backend,
-    )
-    .await;
+        head: req.head,
+        splice: req.entry.splice,
+        idle: req.idle,
+        bt: req.entry.timeouts.backend,
+    };
+    let mut out = w.bufs.take();
+    let r = match ex.send_request(buf, req, &mut out).await {
+        Ok(sent) => {
+            let mut rbuf = w.bufs.take();
+            let r = ex.respond(buf, &mut out, &mut rbuf, &sent).await;
+            w.bufs.give(rbuf);
+            r
+        }
+        Err(fail) => Err(fail),
+    };
     w.bufs.give(out);
     r
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn exchange_inner(
-    w: &Worker,
-    client: &Stream,
-    backend: &Stream,
-    buf: &mut Vec<u8>,
-    req: &Request<'_>,
-    out: &mut Vec<u8>,
-    idle: std::time::Duration,
-    bt: std::time::Duration,
-) -> Result<Done, Fail> {
-    let head = req.head;
-    let splice = req.entry.splice;
-    let info = ForwardInfo {
-        client_ip: req.peer.ip(),
-        proto: "http",
-        keep_backend_alive: true,
-    };
-    http::write_request_head(buf, head, &info, out);
+/// What every step of one exchange reads.
+struct Exchange<'a> {
+    w: &'a Worker,
+    client: &'a Stream,
+    backend: &'a Stream,
+    head: &'a RequestHead,
+    splice: SpliceMode,
+    /// Client-side stall limit (`IdleTimeout`).
+    idle: Duration,
+    /// Backend-side stall limit.
+    bt: Duration,
+}
 
-    // Body bytes already read with the head ride in the same write.
-    let body_start = head.head_len;
-    let buffered = buf.len() - body_start;
-    let (in_buf, rest) = match head.framing {
-        BodyFraming::None => (0, 0),
-        BodyFraming::ContentLength(n) => {
-            let k = (n as usize).min(buffered);
-            (k, n - k as u64)
-        }
-        BodyFraming::Chunked => (0, 0),
-    };
-    let has_body = head.framing != BodyFraming::None;
-    let wait_continue = head.expect_continue && has_body;
-    if !wait_continue {
-        out.extend_from_slice(&buf[body_start..body_start + in_buf]);
-    }
-    // The whole request is in `out`, so it can be sent again on a fresh connection
-    // when the pooled one turns out dead: any method when not one byte of it was
-    // taken (the backend cannot have seen it; Go's net/http retries exactly then),
-    // only an idempotent one once some of it may have arrived (RFC 9110 9.2.2).
-    let whole = req.reused && rest == 0 && head.framing != BodyFraming::Chunked && !wait_continue;
-    let replayable = whole && head.method.is_idempotent();
-    let fail = |e: io::Error, resend: bool| {
-        if resend {
-            Fail::Replayable(e)
-        } else {
-            backend_error(&e)
-        }
-    };
-    // The first send inline, to know whether anything at all left simian.
-    let sent = match nio::try_write(backend, out) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(fail(e, whole)),
-    };
-    nio::write_all(backend, &out[sent..], bt)
-        .await
-        .map_err(|e| fail(e, replayable))?;
+/// What the first send took of the request, and what that leaves to do.
+struct Sent {
+    /// Offset of the request body in the client's buffer.
+    body_start: usize,
+    /// Body bytes read along with the head (Content-Length bodies only).
+    in_buf: usize,
+    /// Content-Length body bytes still with the client.
+    rest: u64,
+    /// The body waits for the backend's `100 Continue`: not one byte of it sent.
+    wait_continue: bool,
+    /// A backend that closes before answering may get the request again, on a
+    /// fresh connection.
+    replayable: bool,
+}
 
-    let mut rbuf = w.bufs.take();
-    let r = async {
-        let mut consumed = body_start + in_buf;
-        let mut body_in = in_buf as u64;
-        let mut early: Option<http::ResponseHead> = None;
-        // The backend gave its final answer without waiting for the body.
-        let mut answered_early = false;
-        if wait_continue {
-            // The client waits for 100 before sending its body: read the backend's
-            // answer first and relay the 100, or take its final response as is. A
-            // backend that says nothing for a second (HTTP/1.0, or one ignoring
-            // Expect) gets the body anyway, as curl itself does after a second.
-            let first = read_response(backend, &mut rbuf, false, bt.min(EXPECT_WAIT)).await;
-            let send_body = match first {
-                Ok(rh) if rh.status == 100 => {
-                    // Rewritten like any head: hop-by-hop fields stay on this hop.
-                    http::write_response_head(&rbuf, &rh, false, out);
-                    nio::write_all(client, out, idle)
-                        .await
-                        .map_err(|e| Fail::Abort(format!("client: {e}")))?;
-                    rbuf.drain(..rh.head_len);
-                    true
-                }
-                Ok(rh) => {
-                    early = Some(rh);
-                    answered_early = true;
-                    false
-                }
-                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => true,
-                Err(e) => return Err(e.into_fail(false)),
-            };
-            if send_body {
-                // The body: what came with the head first, then the socket.
-                nio::write_all(backend, &buf[body_start..body_start + in_buf], bt)
-                    .await
-                    .map_err(|e| backend_error(&e))?;
+impl Exchange<'_> {
+    /// Send the request head, and with it the body bytes read along with it unless
+    /// the client waits for `100 Continue`.
+    async fn send_request(
+        &self,
+        buf: &[u8],
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Sent, Fail> {
+        let head = self.head;
+        let info = ForwardInfo {
+            client_ip: req.peer.ip(),
+            proto: "http",
+            keep_backend_alive: true,
+        };
+        http::write_request_head(buf, head, &info, out);
+
+        // Body bytes already read with the head ride in the same write.
+        let body_start = head.head_len;
+        let buffered = buf.len() - body_start;
+        let (in_buf, rest) = match head.framing {
+            BodyFraming::None => (0, 0),
+            BodyFraming::ContentLength(n) => {
+                let k = (n as usize).min(buffered);
+                (k, n - k as u64)
             }
+            BodyFraming::Chunked => (0, 0),
+        };
+        let has_body = head.framing != BodyFraming::None;
+        let wait_continue = head.expect_continue && has_body;
+        if !wait_continue {
+            out.extend_from_slice(&buf[body_start..body_start + in_buf]);
         }
-        if early.is_none() {
-            match head.framing {
-                BodyFraming::ContentLength(_) => {
-                    if rest > 0 {
-                        Box::pin(body::forward_len(w, client, backend, rest, splice, idle))
-                            .await
-                            .map_err(|e| side_error(e, "request body"))?;
-                    }
-                    body_in += rest;
-                }
-                BodyFraming::Chunked => {
-                    (consumed, body_in) = Box::pin(body::forward_chunked(
-                        w, client, backend, buf, body_start, splice, idle,
+        // The whole request is in `out`, so it can be sent again on a fresh connection
+        // when the pooled one turns out dead: any method when not one byte of it was
+        // taken (the backend cannot have seen it; Go's net/http retries exactly then),
+        // only an idempotent one once some of it may have arrived (RFC 9110 9.2.2).
+        let whole =
+            req.reused && rest == 0 && head.framing != BodyFraming::Chunked && !wait_continue;
+        let replayable = whole && head.method.is_idempotent();
+        let fail = |e: io::Error, resend: bool| {
+            if resend {
+                Fail::Replayable(e)
+            } else {
+                backend_error(&e)
+            }
+        };
+        // The first send inline, to know whether anything at all left simian.
+        let sent = match nio::try_write(self.backend, out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(fail(e, whole)),
+        };
+        nio::write_all(self.backend, &out[sent..], self.bt)
+            .await
+            .map_err(|e| fail(e, replayable))?;
+        Ok(Sent {
+            body_start,
+            in_buf,
+            rest,
+            wait_continue,
+            replayable,
+        })
+    }
+
+    /// Everything after the request head: the Expect wait, the request body, the
+    /// response (after any interim ones), and the tunnel after a 101.
+    async fn respond(
+        &self,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        rbuf: &mut Vec<u8>,
+        sent: &Sent,
+    ) -> Result<Done, Fail> {
+        let early = if sent.wait_continue {
+            self.expect_continue(buf, rbuf, out, sent).await?
+        } else {
+            None
+        };
+        // A final answer before the body was sent (after Expect): the client's body
+        // may still come, so this connection cannot carry another request.
+        let body_skipped = early.is_some();
+        let (mut consumed, body_from_client) = if body_skipped {
+            (sent.body_start + sent.in_buf, sent.in_buf as u64)
+        } else {
+            self.forward_request_body(buf, sent).await?
+        };
+        let rh = self.final_head(rbuf, out, early, sent.replayable).await?;
+        let client_keep = self.head.keep_alive
+            && !self.w.shutdown.started()
+            && rh.framing != ResponseFraming::CloseDelimited
+            && !rh.upgrade
+            && !body_skipped;
+        let (bytes_to_client, clean_end) = self.send_response(rbuf, out, &rh, client_keep).await?;
+        if rh.upgrade {
+            self.upgrade(buf, rbuf, consumed, &rh).await?;
+            consumed = buf.len();
+        }
+        Ok(Done {
+            consumed,
+            client_keep_alive: client_keep,
+            // After a 101 the tunnel has used the connection up.
+            backend_reusable: rh.keep_alive && !body_skipped && clean_end && !rh.upgrade,
+            status: rh.status,
+            bytes_to_client,
+            body_from_client,
+        })
+    }
+
+    /// The client waits for 100 before sending its body: read the backend's
+    /// answer first and relay the 100, or take its final response as is. A
+    /// backend that says nothing for a second (HTTP/1.0, or one ignoring
+    /// Expect) gets the body anyway, as curl itself does after a second.
+    ///
+    /// `Some` final response when the backend answered without the body; `None`
+    /// once the body bytes read with the head are sent.
+    async fn expect_continue(
+        &self,
+        buf: &[u8],
+        rbuf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        sent: &Sent,
+    ) -> Result<Option<ResponseHead>, Fail> {
+        match read_response(self.backend, rbuf, false, self.bt.min(EXPECT_WAIT)).await {
+            Ok(rh) if rh.status == 100 => self.relay_interim(rbuf, &rh, out).await?,
+            Ok(rh) => return Ok(Some(rh)),
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.into_fail(false)),
+        }
+        // The body: what came with the head first, then the socket.
+        let in_buf = &buf[sent.body_start..sent.body_start + sent.in_buf];
+        nio::write_all(self.backend, in_buf, self.bt)
+            .await
+            .map_err(|e| backend_error(&e))?;
+        Ok(None)
+    }
+
+    /// The request body past what the first send took. Returns the offset in `buf`
+    /// just past the request and the body bytes received.
+    async fn forward_request_body(
+        &self,
+        buf: &mut Vec<u8>,
+        sent: &Sent,
+    ) -> Result<(usize, u64), Fail> {
+        let (w, client, backend) = (self.w, self.client, self.backend);
+        let consumed = sent.body_start + sent.in_buf;
+        match self.head.framing {
+            BodyFraming::ContentLength(_) => {
+                if sent.rest > 0 {
+                    Box::pin(body::forward_len(
+                        w,
+                        client,
+                        backend,
+                        sent.rest,
+                        self.splice,
+                        self.idle,
                     ))
                     .await
                     .map_err(|e| side_error(e, "request body"))?;
                 }
-                BodyFraming::None => {}
+                Ok((consumed, sent.in_buf as u64 + sent.rest))
             }
+            BodyFraming::Chunked => Box::pin(body::forward_chunked(
+                w,
+                client,
+                backend,
+                buf,
+                sent.body_start,
+                self.splice,
+                self.idle,
+            ))
+            .await
+            .map_err(|e| side_error(e, "request body")),
+            BodyFraming::None => Ok((consumed, sent.in_buf as u64)),
         }
-        // Response head, after any interim responses.
-        let is_head = head.method == Method::Head;
-        let rh = loop {
+    }
+
+    /// The final response head, after relaying any interim ones; `early` is one
+    /// read already (the answer to Expect).
+    async fn final_head(
+        &self,
+        rbuf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        mut early: Option<ResponseHead>,
+        replayable: bool,
+    ) -> Result<ResponseHead, Fail> {
+        let is_head = self.head.method == Method::Head;
+        loop {
             let rh = match early.take() {
                 Some(rh) => rh,
-                None => read_response(backend, &mut rbuf, is_head, bt)
+                None => read_response(self.backend, rbuf, is_head, self.bt)
                     .await
                     .map_err(|e| e.into_fail(replayable))?,
             };
-            if rh.upgrade && !head.upgrade {
+            if rh.upgrade && !self.head.upgrade {
                 return Err(Fail::Status(
                     502,
                     "backend switched protocols without being asked".into(),
                 ));
             }
-            if rh.is_interim() {
-                http::write_response_head(&rbuf, &rh, false, out);
-                nio::write_all(client, out, idle)
-                    .await
-                    .map_err(|e| Fail::Abort(format!("client: {e}")))?;
-                rbuf.drain(..rh.head_len);
-                continue;
+            if !rh.is_interim() {
+                return Ok(rh);
             }
-            break rh;
-        };
-        // A final answer before the body was sent (after Expect): the client's body
-        // may still come, so this connection cannot carry another request.
-        let body_skipped = answered_early;
-        let client_keep = head.keep_alive
-            && !w.shutdown.started()
-            && rh.framing != ResponseFraming::CloseDelimited
-            && !rh.upgrade
-            && !body_skipped;
-        http::write_response_head(&rbuf, &rh, client_keep, out);
+            self.relay_interim(rbuf, &rh, out).await?;
+        }
+    }
+
+    /// Relay an interim (1xx) head to the client, rewritten like any head:
+    /// hop-by-hop fields stay on this hop.
+    async fn relay_interim(
+        &self,
+        rbuf: &mut Vec<u8>,
+        rh: &ResponseHead,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
+        http::write_response_head(rbuf, rh, false, out);
+        nio::write_all(self.client, out, self.idle)
+            .await
+            .map_err(client_error)?;
+        rbuf.drain(..rh.head_len);
+        Ok(())
+    }
+
+    /// Send the response head, with the body bytes read along with it in the same
+    /// write, then the rest of the body. Returns the bytes sent to the client and
+    /// whether the backend connection stopped exactly at the response's end.
+    async fn send_response(
+        &self,
+        rbuf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        rh: &ResponseHead,
+        client_keep: bool,
+    ) -> Result<(u64, bool), Fail> {
+        http::write_response_head(rbuf, rh, client_keep, out);
         let head_bytes = out.len() as u64;
-        let avail = rbuf.len() - rh.head_len;
-        let (in_rbuf, rrest) = match rh.framing {
-            ResponseFraming::ContentLength(n) => {
-                let k = (n as usize).min(avail);
-                (k, n - k as u64)
-            }
-            ResponseFraming::None => (0, 0),
+        let in_rbuf = match rh.framing {
+            ResponseFraming::ContentLength(n) => (n as usize).min(rbuf.len() - rh.head_len),
             // Chunked and close-delimited bodies are streamed below.
-            _ => (0, 0),
+            _ => 0,
         };
         out.extend_from_slice(&rbuf[rh.head_len..rh.head_len + in_rbuf]);
-        nio::write_all(client, out, idle)
+        nio::write_all(self.client, out, self.idle)
             .await
-            .map_err(|e| Fail::Abort(format!("client: {e}")))?;
-        let mut sent = head_bytes + in_rbuf as u64;
-        let mut backend_reusable = rh.keep_alive && !body_skipped;
-        let cut = |e: io::Error| Fail::Abort(format!("response body: {e}"));
+            .map_err(client_error)?;
+        let (rest, clean_end) = self.forward_response_body(rbuf, rh, in_rbuf).await?;
+        Ok((head_bytes + in_rbuf as u64 + rest, clean_end))
+    }
+
+    /// The response body past the `in_rbuf` bytes sent with the head. Returns the
+    /// bytes moved and whether nothing past the body was read.
+    async fn forward_response_body(
+        &self,
+        rbuf: &mut Vec<u8>,
+        rh: &ResponseHead,
+        in_rbuf: usize,
+    ) -> Result<(u64, bool), Fail> {
+        let (w, client, backend, splice, bt) =
+            (self.w, self.client, self.backend, self.splice, self.bt);
         match rh.framing {
-            ResponseFraming::ContentLength(_) => {
-                if rrest > 0 {
-                    Box::pin(body::forward_len(w, backend, client, rrest, splice, bt))
+            ResponseFraming::ContentLength(n) => {
+                let rest = n - in_rbuf as u64;
+                if rest > 0 {
+                    Box::pin(body::forward_len(w, backend, client, rest, splice, bt))
                         .await
                         .map_err(cut)?;
                 }
-                sent += rrest;
-                backend_reusable &= rbuf.len() == rh.head_len + in_rbuf;
+                Ok((rest, rbuf.len() == rh.head_len + in_rbuf))
             }
             ResponseFraming::Chunked => {
                 let (end, n) = Box::pin(body::forward_chunked(
                     w,
                     backend,
                     client,
-                    &mut rbuf,
+                    rbuf,
                     rh.head_len,
                     splice,
                     bt,
                 ))
                 .await
                 .map_err(cut)?;
-                sent += n;
-                backend_reusable &= rbuf.len() == end;
+                Ok((n, rbuf.len() == end))
             }
             ResponseFraming::CloseDelimited => {
+                let avail = rbuf.len() - rh.head_len;
                 if avail > 0 {
-                    nio::write_all(client, &rbuf[rh.head_len..], idle)
+                    nio::write_all(client, &rbuf[rh.head_len..], self.idle)
                         .await
                         .map_err(cut)?;
                 }
-                sent += avail as u64
-                    + Box::pin(body::forward_to_eof(w, backend, client, splice, bt))
-                        .await
-                        .map_err(cut)?;
-                backend_reusable = false;
+                let n = Box::pin(body::forward_to_eof(w, backend, client, splice, bt))
+                    .await
+                    .map_err(cut)?;
+                Ok((avail as u64 + n, false))
             }
-            ResponseFraming::None => {
-                backend_reusable &= rbuf.len() == rh.head_len;
-            }
+            ResponseFraming::None => Ok((0, rbuf.len() == rh.head_len)),
         }
-        if rh.upgrade {
-            // 101: from now on the two connections are one tunnel.
-            let extra = &rbuf[rh.head_len..];
-            if !extra.is_empty() {
-                nio::write_all(client, extra, idle).await.map_err(cut)?;
-            }
-            let pending = &buf[consumed..];
-            if !pending.is_empty() {
-                nio::write_all(backend, pending, idle).await.map_err(cut)?;
-            }
-            consumed = buf.len();
-            // Boxed: a tunnel's future is 3 KB, and inline it would make every
-            // request's future carry it (upgrades are rare).
-            Box::pin(tunnel::run(w, client, backend, idle)).await;
-            return Ok(Done {
-                consumed,
-                client_keep_alive: false,
-                backend_reusable: false,
-                status: rh.status,
-                bytes_to_client: sent,
-                body_from_client: body_in,
-            });
-        }
-        Ok(Done {
-            consumed,
-            client_keep_alive: client_keep,
-            backend_reusable,
-            status: rh.status,
-            bytes_to_client: sent,
-            body_from_client: body_in,
-        })
     }
-    .await;
-    w.bufs.give(rbuf);
-    r
+
+    /// 101: from now on the two connections are one tunnel. Bytes either side sent
+    /// past the handshake were read already and go first.
+    async fn upgrade(
+        &self,
+        buf: &[u8],
+        rbuf: &[u8],
+        consumed: usize,
+        rh: &ResponseHead,
+    ) -> Result<(), Fail> {
+        let extra = &rbuf[rh.head_len..];
+        if !extra.is_empty() {
+            nio::write_all(self.client, extra, self.idle)
+                .await
+                .map_err(cut)?;
+        }
+        let pending = &buf[consumed..];
+        if !pending.is_empty() {
+            nio::write_all(self.backend, pending, self.idle)
+                .await
+                .map_err(cut)?;
+        }
+        // Boxed: a tunnel's future is 3 KB, and inline it would make every
+        // request's future carry it (upgrades are rare).
+        Box::pin(tunnel::run(self.w, self.client, self.backend, self.idle)).await;
+        Ok(())
+    }
+}
+
+/// Writing to the client failed: its connection is unusable.
+fn client_error(e: io::Error) -> Fail {
+    Fail::Abort(format!("client: {e}"))
+}
+
+/// The response was cut: the client has part of it, no error page can follow.
+fn cut(e: io::Error) -> Fail {
+    Fail::Abort(format!("response body: {e}"))
 }
 
 /// An error while moving a request body: the client's fault or the backend's.
@@ -366,8 +493,8 @@ async fn read_response(
     backend: &Stream,
     rbuf: &mut Vec<u8>,
     is_head: bool,
-    t: std::time::Duration,
-) -> Result<http::ResponseHead, ReadError> {
+    t: Duration,
+) -> Result<ResponseHead, ReadError> {
     loop {
         if !rbuf.is_empty() {
             match http::parse_response(rbuf, is_head) {

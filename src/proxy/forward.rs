@@ -4,19 +4,38 @@
 
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::http::{send_error, show, Served};
 use crate::balance::{PickContext, Tried};
-use crate::config::{Balancer, StickyKind};
+use crate::config::{Balancer, Entry, StickyKind};
+use crate::context::live::{EntryRuntime, Live};
+use crate::context::Worker;
 use crate::http::{BodyFraming, RequestHead};
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
 use crate::net::Stream;
-use crate::proxy::exchange::{exchange, Fail, Request};
-use crate::runtime::live::Live;
-use crate::runtime::worker::Worker;
+use crate::proxy::exchange::{exchange, Done, Fail, Request};
 use crate::upstream::clock::now_ms;
 use crate::upstream::server::{ActiveSlot, ProbeGuard};
+use crate::upstream::ServerState;
+
+/// One request on its way to a backend: what every attempt, on every server, reads.
+struct Forward<'a> {
+    w: &'a Worker,
+    client: &'a Stream,
+    peer: Peer,
+    head: &'a RequestHead,
+    entry: &'a Entry,
+    rt: &'a EntryRuntime,
+    /// Client-side stall limit (`IdleTimeout`).
+    idle: Duration,
+    /// Could this request be sent again if a pooled connection turns out dead?
+    replayable: bool,
+    sticky_key: Option<(StickyKind, u64)>,
+    /// The balancer weighs servers by bytes moved or time busy.
+    tracks_load: bool,
+}
 
 /// Pick a server of the entry, connect (with availability and failover), run the
 /// exchange; answer 502/503/504 when that is all that is left to do.
@@ -31,48 +50,38 @@ pub(super) async fn proxy(
 ) -> Served {
     let config = &live.config;
     let entry = &config.entries[entry_index];
-    let rt = &live.entries[entry_index];
-    let idle = config.global.idle_timeout;
-
-    // Could this request be sent again if a pooled connection turns out dead?
-    let replayable =
-        head.framing == BodyFraming::None && !head.expect_continue && head.method.is_idempotent();
-    let sticky_key = entry.sticky.as_ref().and_then(|st| {
-        crate::upstream::sticky::cookie_value(head.headers(buf), st.cookie.as_bytes())
-            .map(|v| (st.kind, crate::balance::stable_hash(v)))
-    });
-    let mut tried = Tried::new(rt.servers.len());
+    let f = Forward {
+        w,
+        client,
+        peer,
+        head,
+        entry,
+        rt: &live.entries[entry_index],
+        idle: config.global.idle_timeout,
+        replayable: head.framing == BodyFraming::None
+            && !head.expect_continue
+            && head.method.is_idempotent(),
+        sticky_key: entry.sticky.as_ref().and_then(|st| {
+            crate::upstream::sticky::cookie_value(head.headers(buf), st.cookie.as_bytes())
+                .map(|v| (st.kind, crate::balance::stable_hash(v)))
+        }),
+        tracks_load: matches!(
+            entry.balancer,
+            Balancer::LeastBytes | Balancer::LeastTime | Balancer::Workload
+        ),
+    };
+    let mut tried = Tried::new(f.rt.servers.len());
     let mut any_available = false;
     let mut last_error = String::from("no server available");
     let mut first_pick = true;
-    let rt_tracks_load = matches!(
-        entry.balancer,
-        Balancer::LeastBytes | Balancer::LeastTime | Balancer::Workload
-    );
     loop {
         let now = now_ms();
-        let cx = PickContext {
-            servers: &rt.servers,
-            client_ip: peer.ip(),
-            client_port: peer.port(),
-            now_ms: now,
-            tried: &tried,
-            max_connections: entry.max_connections,
-        };
-        // Hash mode stays on the cookie's rendezvous order through failover (the
-        // next server by hash is where the cookie lands for good once its server
-        // is offline); table mode looks the cookie up once, then the balancer.
-        let pick = match sticky_key {
-            Some((StickyKind::Hash, key)) => crate::balance::rendezvous_with(key, &rt.salts, &cx),
-            Some((StickyKind::Table, key)) if first_pick => {
-                sticky_table_pick(rt, key, &cx, entry, peer)
-            }
-            _ => rt.balancer.pick(&cx),
+        let Some(i) = f.pick(&tried, now, first_pick) else {
+            break;
         };
         first_pick = false;
-        let Some(i) = pick else { break };
         tried.insert(i);
-        let server = &rt.servers[i];
+        let server = &f.rt.servers[i];
         let Some(probe) = server.acquire(now) else {
             continue; // another request is probing it
         };
@@ -81,73 +90,57 @@ pub(super) async fn proxy(
         let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
             continue;
         };
-        let started_ms = if rt_tracks_load { now_ms() } else { 0 };
         any_available = true;
-        let addr = &server.spec.addr;
+        match f.attempt(i, probe, buf).await {
+            Ok(served) => return served,
+            Err(connect_error) => last_error = connect_error,
+        }
+    }
+    f.unavailable(any_available, last_error).await
+}
+
+impl Forward<'_> {
+    /// The next server to try, among those not tried yet.
+    fn pick(&self, tried: &Tried, now: u64, first_pick: bool) -> Option<usize> {
+        let rt = self.rt;
+        let cx = PickContext {
+            servers: &rt.servers,
+            client_ip: self.peer.ip(),
+            client_port: self.peer.port(),
+            now_ms: now,
+            tried,
+            max_connections: self.entry.max_connections,
+        };
+        // Hash mode stays on the cookie's rendezvous order through failover (the
+        // next server by hash is where the cookie lands for good once its server
+        // is offline); table mode looks the cookie up once, then the balancer.
+        match self.sticky_key {
+            Some((StickyKind::Hash, key)) => crate::balance::rendezvous_with(key, &rt.salts, &cx),
+            Some((StickyKind::Table, key)) if first_pick => {
+                sticky_table_pick(rt, key, &cx, self.entry, self.peer)
+            }
+            _ => rt.balancer.pick(&cx),
+        }
+    }
+
+    /// Run the request on server `i`, whose slot the caller holds. `Err` when the
+    /// server could not be reached (why, for the 502 if no other server can): the
+    /// caller tries the next one. Any other failure is answered here.
+    async fn attempt(&self, i: usize, probe: bool, buf: &mut Vec<u8>) -> Result<Served, String> {
+        let server = &self.rt.servers[i];
+        let started_ms = if self.tracks_load { now_ms() } else { 0 };
         let mut fresh_retry = false;
         loop {
-            let (backend, reused) = match (!fresh_retry)
-                .then(|| w.backends.take(addr, replayable))
-                .flatten()
-            {
-                Some(b) => (b, true),
-                // Boxed, as the bodies in `exchange`: rare next to pooled reuse.
-                None => match Box::pin(connect(addr, entry.timeouts.connect)).await {
-                    Ok(b) => {
-                        server.connect_succeeded();
-                        (b, false)
-                    }
-                    Err(e) => {
-                        server.connect_failed(&entry.availability, now_ms());
-                        crate::warn!(
-                            "entry {}: connect to {} failed: {e}",
-                            entry.name,
-                            server.spec.text
-                        );
-                        last_error = format!("connect to {}: {e}", server.spec.text);
-                        break;
-                    }
-                },
-            };
+            let (backend, reused) = self.connect_or_reuse(server, fresh_retry).await?;
             let req = Request {
-                head,
-                peer,
-                entry,
+                head: self.head,
+                peer: self.peer,
+                entry: self.entry,
                 reused,
-                idle,
+                idle: self.idle,
             };
-            match exchange(w, client, &backend, buf, &req).await {
-                Ok(done) => {
-                    if probe {
-                        // The probe succeeded, maybe over a pooled connection.
-                        server.connect_succeeded();
-                    }
-                    if rt_tracks_load {
-                        // fproxy's LeastBytes / LeastTime / Workload inputs.
-                        let bytes =
-                            head.head_len as u64 + done.body_from_client + done.bytes_to_client;
-                        server.bytes.fetch_add(bytes, Relaxed);
-                        server
-                            .busy_ms
-                            .fetch_add(now_ms().saturating_sub(started_ms), Relaxed);
-                    }
-                    let served = Served {
-                        status: done.status,
-                        server: Some(i),
-                        bytes_to_client: done.bytes_to_client,
-                        body_from_client: done.body_from_client,
-                        keep: done.client_keep_alive.then_some(done.consumed),
-                    };
-                    if done.backend_reusable {
-                        w.backends.put(addr, backend);
-                    }
-                    if let (Some((StickyKind::Table, key)), Some(table)) = (sticky_key, &rt.sticky)
-                    {
-                        // Remember (or move, after a failover) the cookie's server.
-                        table.assign(key, server, now_ms());
-                    }
-                    return served;
-                }
+            match exchange(self.w, self.client, &backend, buf, &req).await {
+                Ok(done) => return Ok(self.finish(i, probe, started_ms, done, backend)),
                 Err(Fail::Replayable(e)) => {
                     crate::debug!(
                         "pooled connection to {} failed ({e}); retrying on a fresh one",
@@ -159,58 +152,135 @@ pub(super) async fn proxy(
                     backend.set_linger_zero();
                     crate::warn!(
                         "entry {}: {status} for client {}: {why} (server {})",
-                        entry.name,
-                        show(peer),
+                        self.entry.name,
+                        show(self.peer),
                         server.spec.text
                     );
-                    send_error(client, status, "", w).await;
-                    return Served {
+                    send_error(self.client, status, "", self.w).await;
+                    return Ok(Served {
                         server: Some(i),
                         ..Served::simian(status, None)
-                    };
+                    });
                 }
                 Err(Fail::Abort(why)) => {
                     backend.set_linger_zero();
                     crate::info!(
                         "entry {}: connection with client {} aborted: {why}",
-                        entry.name,
-                        show(peer)
+                        self.entry.name,
+                        show(self.peer)
                     );
                     // 499 in the log, as nginx does for a client that went away.
-                    return Served {
+                    return Ok(Served {
                         server: Some(i),
                         ..Served::simian(499, None)
-                    };
+                    });
                 }
             }
         }
     }
-    let (status, extra) = if any_available {
-        (502, "")
-    } else {
-        (503, "Retry-After: 1\r\n")
-    };
-    let why = if any_available {
-        last_error
-    } else {
-        "no server available (offline or at MaxConnections)".into()
-    };
-    crate::warn!(
-        "entry {}: {status} for client {}: {why}",
-        entry.name,
-        show(peer)
-    );
-    send_error(client, status, extra, w).await;
-    Served::simian(status, None)
+
+    /// A pooled connection to `server` (`true` with it), unless `fresh` (the pooled
+    /// one just failed), else a new one. A failed connect counts against the
+    /// server's availability.
+    async fn connect_or_reuse(
+        &self,
+        server: &ServerState,
+        fresh: bool,
+    ) -> Result<(Stream, bool), String> {
+        let addr = &server.spec.addr;
+        if let Some(b) = (!fresh)
+            .then(|| self.w.backends.take(addr, self.replayable))
+            .flatten()
+        {
+            return Ok((b, true));
+        }
+        // Boxed, as the bodies in `exchange`: rare next to pooled reuse.
+        match Box::pin(connect(addr, self.entry.timeouts.connect)).await {
+            Ok(b) => {
+                server.connect_succeeded();
+                Ok((b, false))
+            }
+            Err(e) => {
+                server.connect_failed(&self.entry.availability, now_ms());
+                crate::warn!(
+                    "entry {}: connect to {} failed: {e}",
+                    self.entry.name,
+                    server.spec.text
+                );
+                Err(format!("connect to {}: {e}", server.spec.text))
+            }
+        }
+    }
+
+    /// The client has its response from server `i`: settle what the server's state,
+    /// the pool and the sticky table learn from it.
+    fn finish(
+        &self,
+        i: usize,
+        probe: bool,
+        started_ms: u64,
+        done: Done,
+        backend: Stream,
+    ) -> Served {
+        let server = &self.rt.servers[i];
+        if probe {
+            // The probe succeeded, maybe over a pooled connection.
+            server.connect_succeeded();
+        }
+        if self.tracks_load {
+            // fproxy's LeastBytes / LeastTime / Workload inputs.
+            let bytes = self.head.head_len as u64 + done.body_from_client + done.bytes_to_client;
+            server.bytes.fetch_add(bytes, Relaxed);
+            server
+                .busy_ms
+                .fetch_add(now_ms().saturating_sub(started_ms), Relaxed);
+        }
+        if done.backend_reusable {
+            self.w.backends.put(&server.spec.addr, backend);
+        }
+        if let (Some((StickyKind::Table, key)), Some(table)) = (self.sticky_key, &self.rt.sticky) {
+            // Remember (or move, after a failover) the cookie's server.
+            table.assign(key, server, now_ms());
+        }
+        Served {
+            status: done.status,
+            server: Some(i),
+            bytes_to_client: done.bytes_to_client,
+            body_from_client: done.body_from_client,
+            keep: done.client_keep_alive.then_some(done.consumed),
+        }
+    }
+
+    /// No server took the request: 503 when none could (offline or at
+    /// MaxConnections), 502 with the last connect error when some could.
+    async fn unavailable(&self, any_available: bool, last_error: String) -> Served {
+        let (status, extra) = if any_available {
+            (502, "")
+        } else {
+            (503, "Retry-After: 1\r\n")
+        };
+        let why = if any_available {
+            last_error
+        } else {
+            "no server available (offline or at MaxConnections)".into()
+        };
+        crate::warn!(
+            "entry {}: {status} for client {}: {why}",
+            self.entry.name,
+            show(self.peer)
+        );
+        send_error(self.client, status, extra, self.w).await;
+        Served::simian(status, None)
+    }
 }
 
 /// `StickyCookie NAME table`: the cookie's server while it is usable; else a new
 /// one from the entry's balancer (recorded once the request succeeds).
 fn sticky_table_pick(
-    rt: &crate::runtime::live::EntryRuntime,
+    rt: &EntryRuntime,
     key: u64,
     cx: &PickContext,
-    entry: &crate::config::Entry,
+    entry: &Entry,
     peer: Peer,
 ) -> Option<usize> {
     let table = rt.sticky.as_ref()?;

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::context::live::Live;
+use crate::context::park::PARK_AFTER;
+use crate::context::{Idle, Worker};
 use crate::http::{self, BodyFraming, RequestError, RequestHead};
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
 use crate::proxy::forward;
-use crate::runtime::live::Live;
-use crate::runtime::park::PARK_AFTER;
-use crate::runtime::worker::{Idle, Worker};
 use crate::upstream::clock::now_ms;
 
 /// Serve one client connection until it closes.

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::context::live::Live;
+use crate::context::Worker;
 use crate::http::{self, RequestHead};
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
-use crate::runtime::live::Live;
-use crate::runtime::worker::Worker;
 use crate::stats::render;
 
 pub async fn serve(

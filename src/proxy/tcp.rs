@@ -6,11 +6,11 @@ use std::rc::Rc;
 
 use crate::balance::{PickContext, Tried};
 use crate::config::Address;
+use crate::context::Worker;
 use crate::net::connect::connect;
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
 use crate::proxy::tunnel;
-use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
 use crate::upstream::server::{ActiveSlot, ProbeGuard};
 

@@ -8,8 +8,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::config::SpliceMode;
+use crate::context::Worker;
 use crate::net::{io as nio, splice, Stream};
-use crate::runtime::worker::Worker;
 use crate::upstream::clock::now_ms;
 
 /// Bytes moved each way, for logs and statistics.

@@ -5,9 +5,6 @@
 //! workers read; SIGTERM/SIGINT start a graceful drain; SIGQUIT exits at once.
 
 pub mod isolate;
-pub mod live;
-pub mod park;
-pub mod shutdown;
 pub mod trim;
 pub mod worker;
 
@@ -17,9 +14,9 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 
 use crate::config::{Address, Config};
+use crate::context::live::Live;
+use crate::context::shutdown::Shutdown;
 use crate::net::listen::{probe_free, Listener};
-use live::Live;
-use shutdown::Shutdown;
 use worker::{Service, WorkerSpec};
 
 /// Options from the command line that override or complete the file.

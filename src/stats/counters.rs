@@ -103,7 +103,7 @@ pub struct ProcessStats {
     /// Unix time of the last successful (re)load.
     pub last_reload_ok: AtomicU64,
     pub client_connections: AtomicU64,
-    /// Of those, the idle ones parked (see `runtime::park`).
+    /// Of those, the idle ones parked (see `context::park`).
     pub parked_connections: AtomicU64,
 }
 

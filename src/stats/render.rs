@@ -10,7 +10,7 @@ use prometheus::Encoder;
 
 use super::counters::{unix_now, BUCKETS, PROCESS};
 use super::names::*;
-use crate::runtime::live::Live;
+use crate::context::live::Live;
 use crate::upstream::clock::now_ms;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::HealthCheck;
+use crate::context::live::Live;
+use crate::context::shutdown::Shutdown;
 use crate::net::{connect::connect, io as nio};
-use crate::runtime::live::Live;
-use crate::runtime::shutdown::Shutdown;
 use crate::upstream::ServerState;
 
 /// Consecutive results of one server, kept by the checker only.
