@@ -28,6 +28,7 @@ fn specs(n: usize) -> Vec<Server> {
                 text,
                 addr,
                 weight: 1 + (i % 3) as u32,
+                tls: None,
                 span: Span::default(),
             }
         })

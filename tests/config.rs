@@ -712,32 +712,40 @@ fn tcp_entries_have_their_own_listeners() {
     assert_eq!(e.0[0].line, 5, "{e}");
     let e = errors(&entry("WaitBytes 10"));
     assert!(e.0[0].message.contains("WaitBytes"), "{e}");
+    // A tcp entry may terminate TLS too (SPEC section 8), with a certificate.
     let e = errors("[PROXY_ENTRY]\nMode tcp\nListen 127.0.0.1:2222 tls\nServerList 127.0.0.1:22\n");
     assert!(
-        e.0.iter().any(|d| d.message.contains("only for http")),
+        e.0.iter().any(|d| d.message.contains("TLSCertificate")),
         "{e}"
     );
 }
 
 #[test]
-fn tls_listener_needs_certificate_and_key() {
+fn tls_listener_needs_a_readable_certificate() {
     let e = errors(&format!(
         "[PROXY_DEFAULTS]\nListen 127.0.0.1:8443 tls\n{}",
         entry("")
     ));
     assert_eq!((e.0[0].line, e.0[0].col), (2, 8));
     assert!(e.0[0].message.contains("TLSCertificate"), "{e}");
+    // The key is read from the certificate file itself when no KEY is given:
+    // a missing file is an error at the value that names it.
     let e = errors(&format!(
-        "[PROXY_DEFAULTS]\nListen 127.0.0.1:8443 tls\nTLSCertificate /etc/cert.pem\n{}",
+        "[PROXY_DEFAULTS]\nListen 127.0.0.1:8443 tls\nTLSCertificate /nonexistent/cert.pem\n{}",
         entry("")
     ));
-    assert!(e.0[0].message.contains("TLSKey"), "{e}");
-    let c = parse(&format!(
-        "[PROXY_DEFAULTS]\nListen 127.0.0.1:8443 TLS\nTLSCertificate /etc/cert.pem\nTLSKey /etc/key.pem\n{}",
+    assert_eq!((e.0[0].line, e.0[0].col), (3, 16), "{e}");
+    assert!(e.0[0].message.contains("/nonexistent/cert.pem"), "{e}");
+    // TLSKey beside several certificates is ambiguous.
+    let e = errors(&format!(
+        "[PROXY_DEFAULTS]\nTLSCertificate /a.pem\nTLSCertificate /b.pem\nTLSKey /k.pem\n{}",
         entry("")
     ));
-    assert!(c.global.listen[0].tls);
-    assert_eq!(c.global.tls_key.as_deref(), Some(Path::new("/etc/key.pem")));
+    assert!(
+        e.0.iter()
+            .any(|d| d.line == 4 && d.message.contains("several")),
+        "{e}"
+    );
 }
 
 #[test]

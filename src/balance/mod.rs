@@ -254,6 +254,7 @@ pub(crate) mod testutil {
             addr: Address::Inet(text.parse().unwrap()),
             text,
             weight,
+            tls: None,
             span: Span::default(),
         }
     }

@@ -159,11 +159,7 @@ impl Key {
     pub fn repeatable(self) -> bool {
         matches!(
             self,
-            Key::Listen
-                | Key::TlsCertificate
-                | Key::Match
-                | Key::ServerList
-                | Key::StatisticsAllow
+            Key::Listen | Key::TlsCertificate | Key::Match | Key::ServerList | Key::StatisticsAllow
         )
     }
 }

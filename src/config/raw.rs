@@ -504,12 +504,10 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
                 _ => ClientAuth::Required,
             })
         }
-        Key::BackendTlsVerify => Value::Switch(
-            first.into_inner().next().map(|p| p.as_rule()) == Some(Rule::on),
-        ),
-        Key::TlsKey | Key::TlsClientCa | Key::BackendCa | Key::ErrorLog => {
-            Value::Path(first_str)
+        Key::BackendTlsVerify => {
+            Value::Switch(first.into_inner().next().map(|p| p.as_rule()) == Some(Rule::on))
         }
+        Key::TlsKey | Key::TlsClientCa | Key::BackendCa | Key::ErrorLog => Value::Path(first_str),
         Key::AccessLog | Key::Threads if first.as_rule() == Rule::off => Value::Off,
         Key::Threads if first.as_rule() == Rule::auto => Value::Auto,
         Key::AccessLog => Value::Path(first_str),

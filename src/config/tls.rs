@@ -102,7 +102,11 @@ impl Resolver<'_> {
         }
     }
 
-    fn certificate(&mut self, d: &Directive, tls_key: Option<&Directive>) -> Result<Certificate, ()> {
+    fn certificate(
+        &mut self,
+        d: &Directive,
+        tls_key: Option<&Directive>,
+    ) -> Result<Certificate, ()> {
         let Value::Certificate { cert, key } = &d.value else {
             return Err(());
         };
@@ -144,10 +148,7 @@ impl Resolver<'_> {
         let Value::Versions(vs) = &d.value else {
             return Some((true, true));
         };
-        Some((
-            vs.iter().any(|v| v == "1.2"),
-            vs.iter().any(|v| v == "1.3"),
-        ))
+        Some((vs.iter().any(|v| v == "1.2"), vs.iter().any(|v| v == "1.3")))
     }
 
     /// The client side of an entry's `tls:` servers. `system` caches the system's
@@ -171,15 +172,13 @@ impl Resolver<'_> {
                     }
                 }
             }
-            (true, None) => {
-                match system.get_or_insert_with(tls::client::system_roots) {
-                    Ok(r) => Some(r.clone()),
-                    Err(m) => {
-                        self.error(entry, format!("tls: servers: {m}"), None);
-                        return None;
-                    }
+            (true, None) => match system.get_or_insert_with(tls::client::system_roots) {
+                Ok(r) => Some(r.clone()),
+                Err(m) => {
+                    self.error(entry, format!("tls: servers: {m}"), None);
+                    return None;
                 }
-            }
+            },
         };
         match tls::client::build(roots, verify) {
             Ok(c) => Some(c),

@@ -21,8 +21,21 @@ pub struct EntryRuntime {
     pub salts: Vec<u64>,
 }
 
+/// A `tls` listener as the handshake sees it.
+pub struct TlsListener {
+    pub addr: crate::config::Address,
+    /// The `Listen` address as written: the statistics label.
+    pub text: String,
+    /// An http listener (ALPN `http/1.1`), not a tcp entry's.
+    pub http: bool,
+    /// Kept across reloads for a listener written the same way.
+    pub handshakes: Arc<crate::stats::counters::Handshakes>,
+}
+
 pub struct Live {
     pub config: Arc<Config>,
+    /// Every `tls` listener; the handshake looks its listener up here.
+    pub tls: Vec<TlsListener>,
     /// Same order as `config.entries`.
     pub entries: Vec<EntryRuntime>,
     /// Worker threads the counters are sized for.
@@ -91,10 +104,38 @@ impl Live {
                 }
             })
             .collect();
+        let tls = tls_listeners(&config, previous);
         Live {
             config: Arc::new(config),
+            tls,
             entries,
             workers,
         }
+    }
+}
+
+fn tls_listeners(config: &Config, previous: Option<&Live>) -> Vec<TlsListener> {
+    let http = config.global.listen.iter().map(|l| (l, true));
+    let tcp = config
+        .entries
+        .iter()
+        .flat_map(|e| e.listen.iter().map(|l| (l, false)));
+    http.chain(tcp)
+        .filter(|(l, _)| l.tls)
+        .map(|(l, http)| TlsListener {
+            addr: l.addr.clone(),
+            text: l.text.clone(),
+            http,
+            handshakes: previous
+                .and_then(|p| p.tls.iter().find(|t| t.text == l.text))
+                .map_or_else(Default::default, |t| t.handshakes.clone()),
+        })
+        .collect()
+}
+
+impl Live {
+    /// The `tls` listener at `addr`, if that address terminates TLS now.
+    pub fn tls_listener(&self, addr: &crate::config::Address) -> Option<&TlsListener> {
+        self.tls.iter().find(|t| t.addr == *addr)
     }
 }

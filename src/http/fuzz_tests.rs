@@ -61,6 +61,7 @@ fn check_request(buf: &[u8], scratch: &mut Vec<u8>) {
     let info = ForwardInfo {
         client_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         proto: "http",
+        client_cert_subject: None,
         keep_backend_alive: true,
     };
     write_request_head(buf, &h, &info, scratch);

@@ -204,6 +204,8 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
             // Merged into simian's own line: only a scan collects every value.
             15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => omit.scan = true,
             17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => omit.line(buf, name_at),
+            // Only simian says which client certificate verified (SPEC section 8).
+            21 if name.eq_ignore_ascii_case(b"x-client-cert-subject") => omit.line(buf, name_at),
             _ => {}
         }
         match name.len() {

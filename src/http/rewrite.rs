@@ -45,6 +45,9 @@ pub struct ForwardInfo<'a> {
     pub proto: &'a str,
     /// simian wants to reuse the backend connection after this request.
     pub keep_backend_alive: bool,
+    /// The subject of the client's verified TLS certificate, sent as
+    /// `X-Client-Cert-Subject` (a client's own such field never passes).
+    pub client_cert_subject: Option<&'a str>,
 }
 
 /// What to do with one received header line.
@@ -131,7 +134,11 @@ pub fn write_request_head(
         &head.omit,
         head.connection_options,
         head.upgrade,
-        &[b"x-forwarded-for", b"x-forwarded-proto"],
+        &[
+            b"x-forwarded-for",
+            b"x-forwarded-proto",
+            b"x-client-cert-subject",
+        ],
         out,
     );
     if head.upgrade {
@@ -158,6 +165,10 @@ pub fn write_request_head(
     }
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(info.proto.as_bytes());
+    if let Some(subject) = info.client_cert_subject {
+        out.extend_from_slice(b"\r\nX-Client-Cert-Subject: ");
+        out.extend_from_slice(subject.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
 }
 

@@ -9,6 +9,25 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::Stream;
 use crate::config::Address;
 
+/// Connect to a backend as its `ServerList` entry says: plain, or over TLS (the
+/// handshake within the same `timeout`; a certificate that does not verify is a
+/// failed connect).
+pub async fn connect_server(
+    server: &crate::config::Server,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> io::Result<Stream> {
+    let started = std::time::Instant::now();
+    let sock = connect(&server.addr, timeout).await?;
+    match (&server.tls, tls) {
+        (Some(name), Some(config)) => {
+            let left = timeout.saturating_sub(started.elapsed());
+            super::tls::connect(sock, config.clone(), name.clone(), left).await
+        }
+        _ => Ok(sock),
+    }
+}
+
 pub async fn connect(addr: &Address, timeout: Duration) -> io::Result<Stream> {
     let (domain, sockaddr, tcp) = match addr {
         Address::Inet(a) => (Domain::for_address(*a), SockAddr::from(*a), true),

@@ -54,6 +54,14 @@ impl Stream {
         !self.is_tls()
     }
 
+    /// The name a backend TLS session was opened for; `None` for plain sockets.
+    pub fn backend_name(&self) -> Option<&rustls::pki_types::ServerName<'static>> {
+        match self {
+            Stream::Tls(t) => t.server_name.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The subject of the client's verified TLS certificate (RFC 4514).
     pub fn client_subject(&self) -> Option<&str> {
         match self {

@@ -32,6 +32,9 @@ pub struct TlsStream {
     /// A verified client certificate's subject (RFC 4514), for
     /// `X-Client-Cert-Subject`.
     pub client_subject: Option<Box<str>>,
+    /// A backend session: the name it was opened for (SNI), so the pool never
+    /// hands it to a server of another name on the same address.
+    pub server_name: Option<ServerName<'static>>,
 }
 
 /// The socket as rustls' `io::Read`/`io::Write`: one nonblocking syscall each.
@@ -220,10 +223,17 @@ pub async fn connect(
     limit: Duration,
 ) -> io::Result<Stream> {
     let deadline = Instant::now() + limit;
-    let client = ClientConnection::new(config, name).map_err(tls_error)?;
+    let client = ClientConnection::new(config, name.clone()).map_err(tls_error)?;
     let mut conn = Connection::Client(client);
     handshake(&sock, &mut conn, deadline).await?;
-    Ok(TlsStream::wrap(sock, conn, None))
+    let s = TlsStream::wrap(sock, conn, None);
+    Ok(match s {
+        Stream::Tls(mut t) => {
+            t.server_name = Some(name);
+            Stream::Tls(t)
+        }
+        other => other,
+    })
 }
 
 impl TlsStream {
@@ -234,6 +244,7 @@ impl TlsStream {
             plaintext: Cell::new(0),
             eof: Cell::new(false),
             client_subject,
+            server_name: None,
         };
         // Early data of the peer (a request sent with its Finished) may be decrypted
         // already.

@@ -13,7 +13,10 @@ use crate::net::{io as nio, splice, Stream};
 /// splice calls through a pipe cost more than a read and a write.
 const SPLICE_MIN: u64 = 64 * 1024;
 
-fn use_splice(mode: SpliceMode, n: u64) -> bool {
+fn use_splice(mode: SpliceMode, n: u64, from: &Stream, to: &Stream) -> bool {
+    if !from.can_splice() || !to.can_splice() {
+        return false;
+    }
     match mode {
         SpliceMode::On => true,
         SpliceMode::Off => false,
@@ -33,7 +36,7 @@ pub async fn forward_len(
     if n == 0 {
         return Ok(());
     }
-    if use_splice(mode, n) {
+    if use_splice(mode, n, from, to) {
         let mut pipe = w.pipes.take()?;
         let r = splice::forward(from, to, &mut pipe, Some(n), t).await;
         w.pipes.give(pipe);
@@ -54,7 +57,7 @@ pub async fn forward_to_eof(
     mode: SpliceMode,
     t: Duration,
 ) -> io::Result<u64> {
-    if mode != SpliceMode::Off {
+    if mode != SpliceMode::Off && from.can_splice() && to.can_splice() {
         let mut pipe = w.pipes.take()?;
         let r = splice::forward(from, to, &mut pipe, None, t).await;
         w.pipes.give(pipe);
@@ -94,7 +97,7 @@ pub async fn forward_chunked(
                 if k > 0 {
                     pos += k as usize;
                     sc.data_consumed(k);
-                } else if use_splice(mode, n) {
+                } else if use_splice(mode, n, from, to) {
                     // A large chunk with nothing buffered: splice it socket to socket.
                     nio::write_all(to, &buf[sent..pos], t).await?;
                     total += (pos - sent) as u64 + n;

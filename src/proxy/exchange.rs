@@ -134,8 +134,13 @@ impl Exchange<'_> {
         let head = self.head;
         let info = ForwardInfo {
             client_ip: req.peer.ip(),
-            proto: "http",
+            proto: if self.client.is_tls() {
+                "https"
+            } else {
+                "http"
+            },
             keep_backend_alive: true,
+            client_cert_subject: self.client.client_subject(),
         };
         http::write_request_head(buf, head, &info, out);
 

@@ -12,7 +12,7 @@ use crate::config::{Balancer, Entry, StickyKind};
 use crate::context::live::{EntryRuntime, Live};
 use crate::context::Worker;
 use crate::http::{BodyFraming, RequestHead};
-use crate::net::connect::connect;
+use crate::net::connect::connect_server;
 use crate::net::listen::Peer;
 use crate::net::Stream;
 use crate::proxy::exchange::{exchange, Done, Fail, Request};
@@ -189,13 +189,23 @@ impl Forward<'_> {
     ) -> Result<(Stream, bool), String> {
         let addr = &server.spec.addr;
         if let Some(b) = (!fresh)
-            .then(|| self.w.backends.take(addr, self.replayable))
+            .then(|| {
+                let tls = server.spec.tls.as_ref();
+                self.w.backends.take(addr, tls, self.replayable)
+            })
             .flatten()
         {
             return Ok((b, true));
         }
         // Boxed, as the bodies in `exchange`: rare next to pooled reuse.
-        match Box::pin(connect(addr, self.entry.timeouts.connect)).await {
+        let tls = self.entry.backend_tls.as_ref();
+        match Box::pin(connect_server(
+            &server.spec,
+            tls,
+            self.entry.timeouts.connect,
+        ))
+        .await
+        {
             Ok(b) => {
                 server.connect_succeeded();
                 Ok((b, false))

@@ -7,4 +7,5 @@ pub mod forward;
 pub mod http;
 pub mod statistics;
 pub mod tcp;
+pub mod tls;
 pub mod tunnel;

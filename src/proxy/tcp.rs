@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::balance::{PickContext, Tried};
 use crate::config::Address;
 use crate::context::Worker;
-use crate::net::connect::connect;
+use crate::net::connect::connect_server;
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
 use crate::proxy::tunnel;
@@ -28,6 +28,9 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
     };
     let entry = &live.config.entries[entry_index];
     let rt = &live.entries[entry_index];
+    let Some(client) = super::tls::terminate(w, client, peer, listen).await else {
+        return;
+    };
     let idle = entry.timeouts.idle;
 
     // fproxy -y: no backend connection until the client has said enough.
@@ -66,7 +69,8 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
         let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
             continue;
         };
-        let backend = match connect(&server.spec.addr, entry.timeouts.connect).await {
+        let tls = entry.backend_tls.as_ref();
+        let backend = match connect_server(&server.spec, tls, entry.timeouts.connect).await {
             Ok(b) => {
                 server.connect_succeeded();
                 b

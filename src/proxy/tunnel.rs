@@ -52,7 +52,7 @@ async fn one_way(
 ) -> u64 {
     let mut moved = 0u64;
     let r: io::Result<()> = async {
-        let use_pipe = mode != SpliceMode::Off;
+        let use_pipe = mode != SpliceMode::Off && from.can_splice() && to.can_splice();
         loop {
             // Wait for bytes, holding no pipe and no buffer: an idle tunnel costs
             // its two sockets only. A quiet direction is fine while the other moves.

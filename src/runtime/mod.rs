@@ -64,12 +64,6 @@ impl Running {
 
 /// Bind every listener and start the workers.
 pub fn start(config: Config, opts: &RunOptions) -> anyhow::Result<Running> {
-    if let Some(l) = config.global.listen.iter().find(|l| l.tls) {
-        bail!(
-            "Listen {} tls: TLS termination is not implemented in this version of simian (see README)",
-            l.addr
-        );
-    }
     let threads = opts
         .threads
         .map_or_else(|| config.threads(), |n| n as usize)
@@ -168,12 +162,6 @@ impl Running {
 
     fn try_reload(&self, path: &std::path::Path) -> Result<(), String> {
         let config = Config::load(path).map_err(|e| e.to_string())?;
-        if let Some(l) = config.global.listen.iter().find(|l| l.tls) {
-            return Err(format!(
-                "Listen {} tls: TLS termination is not implemented in this version",
-                l.addr
-            ));
-        }
         for w in &config.warnings {
             crate::warn!("{}", w.short());
         }

@@ -217,6 +217,9 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
                     let kind = match service {
+                        Service::Http if w.live.load().tls_listener(&l.addr).is_some() => {
+                            Kind::HttpTls(l.addr.clone())
+                        }
                         Service::Http => Kind::Http,
                         Service::Tcp => Kind::Tcp(l.addr.clone()),
                     };
@@ -241,6 +244,8 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
 /// What a connection task runs.
 enum Kind {
     Http,
+    /// An http connection on a `tls` listener: the handshake comes first.
+    HttpTls(Address),
     /// A tcp entry's connection, by the address it was accepted on.
     Tcp(Address),
 }
@@ -264,6 +269,11 @@ fn spawn_connection(
         // the (larger) state of a tcp tunnel.
         let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> = match &kind {
             Kind::Http => Box::pin(crate::proxy::http::serve(&w2, stream, peer)),
+            Kind::HttpTls(addr) => Box::pin(async {
+                if let Some(s) = crate::proxy::tls::terminate(&w2, stream, peer, addr).await {
+                    crate::proxy::http::serve(&w2, s, peer).await;
+                }
+            }),
             Kind::Tcp(addr) => Box::pin(crate::proxy::tcp::serve(&w2, stream, peer, addr)),
         };
         if log::enabled(log::Level::Debug) {

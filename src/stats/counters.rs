@@ -96,6 +96,15 @@ impl RouteStats {
     }
 }
 
+/// TLS handshakes of one listener, by result (`simian_tls_handshakes_total`).
+/// Shared by the workers: a handshake costs far more than a contended add.
+#[derive(Default)]
+pub struct Handshakes {
+    pub success: AtomicU64,
+    pub resumed: AtomicU64,
+    pub failure: AtomicU64,
+}
+
 /// Process-wide numbers that are not per request.
 pub struct ProcessStats {
     pub reloads_ok: AtomicU64,

@@ -15,3 +15,5 @@ pub const HEALTH_CHECKS: &str = "simian_health_checks_total";
 pub const RELOADS: &str = "simian_config_reloads_total";
 pub const LAST_RELOAD: &str = "simian_config_last_reload_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "simian_build_info";
+pub const TLS_HANDSHAKES: &str = "simian_tls_handshakes_total";
+pub const TLS_CERT_EXPIRY: &str = "simian_tls_certificate_expiry_timestamp_seconds";

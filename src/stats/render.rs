@@ -206,6 +206,35 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
             vec![gauge(&[], p.last_reload_ok.load(Relaxed) as f64)],
         ),
         family(
+            TLS_HANDSHAKES,
+            "TLS handshakes, by listener and result (success = full, resumed, failure).",
+            COUNTER,
+            live.tls
+                .iter()
+                .flat_map(|t| {
+                    let h = &t.handshakes;
+                    [
+                        ("success", h.success.load(Relaxed)),
+                        ("resumed", h.resumed.load(Relaxed)),
+                        ("failure", h.failure.load(Relaxed)),
+                    ]
+                    .map(|(r, v)| counter(&[("listener", &t.text), ("result", r)], v))
+                })
+                .collect(),
+        ),
+        family(
+            TLS_CERT_EXPIRY,
+            "notAfter of each TLS certificate, by its first DNS name.",
+            GAUGE,
+            live.config
+                .global
+                .tls
+                .iter()
+                .flat_map(|t| t.certificates.iter())
+                .map(|c| gauge(&[("name", c.label())], c.not_after as f64))
+                .collect(),
+        ),
+        family(
             BUILD_INFO,
             "simian's version.",
             GAUGE,

@@ -25,7 +25,9 @@ pub struct Certificate {
 impl Certificate {
     /// The name it is known by in statistics: its first DNS name, else the file.
     pub fn label(&self) -> &str {
-        self.names.first().map_or(self.path.as_str(), |s| s.as_str())
+        self.names
+            .first()
+            .map_or(self.path.as_str(), |s| s.as_str())
     }
 }
 

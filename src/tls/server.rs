@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::{RootCertStore, ServerConfig};
 
 use super::sni::SniResolver;
@@ -137,7 +137,11 @@ pub fn build(s: Settings) -> Result<Termination, String> {
 impl Termination {
     /// The config for a handshake: `http` listeners speak ALPN `http/1.1` unless
     /// the client offered ALPN without it.
-    pub fn config_for(&self, http: bool, hello: &rustls::server::ClientHello<'_>) -> Arc<ServerConfig> {
+    pub fn config_for(
+        &self,
+        http: bool,
+        hello: &rustls::server::ClientHello<'_>,
+    ) -> Arc<ServerConfig> {
         if !http {
             return self.plain.clone();
         }

@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use crate::config::Address;
 use crate::net::Stream;
 use crate::upstream::clock::now_ms;
+use rustls::pki_types::ServerName;
 
 /// Idle connections kept per server per worker; beyond it the oldest are closed.
 const MAX_IDLE_PER_SERVER: usize = 256;
@@ -27,14 +28,27 @@ pub struct BackendPool {
 }
 
 impl BackendPool {
-    /// A pooled connection to `addr` that still looks alive, newest first.
-    /// `replayable`: the request can be resent if the connection turns out dead, so
-    /// a recently used connection is trusted without a liveness check.
-    pub fn take(&self, addr: &Address, replayable: bool) -> Option<Stream> {
+    /// A pooled connection to `addr` that still looks alive, newest first, spoken
+    /// in plain (`tls` None) or over TLS to that name (one address may serve
+    /// several names). `replayable`: the request can be resent if the connection
+    /// turns out dead, so a recently used connection is trusted without a
+    /// liveness check.
+    pub fn take(
+        &self,
+        addr: &Address,
+        tls: Option<&ServerName<'static>>,
+        replayable: bool,
+    ) -> Option<Stream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(addr)?;
         let now = now_ms();
-        while let Some((s, since)) = list.pop() {
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].0.backend_name() != tls {
+                continue;
+            }
+            let (s, since) = list.remove(i);
             let age = now.saturating_sub(since);
             if age >= MAX_IDLE_MS {
                 continue;

@@ -171,6 +171,7 @@ mod tests {
             text: "127.0.0.1:1".into(),
             addr: Address::Inet("127.0.0.1:1".parse().unwrap()),
             weight: 1,
+            tls: None,
             span: Span::default(),
         })
     }

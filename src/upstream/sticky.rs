@@ -107,6 +107,7 @@ mod tests {
             text: format!("127.0.0.1:{p}"),
             addr: Address::Inet(format!("127.0.0.1:{p}").parse().unwrap()),
             weight: 1,
+            tls: None,
             span: Span::default(),
         }))
     }

@@ -6,6 +6,7 @@ fn info(keep: bool) -> ForwardInfo<'static> {
     ForwardInfo {
         client_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
         proto: "http",
+        client_cert_subject: None,
         keep_backend_alive: keep,
     }
 }
@@ -57,6 +58,7 @@ fn request_forwarded_headers() {
     let v6 = ForwardInfo {
         client_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         proto: "https",
+        client_cert_subject: None,
         keep_backend_alive: true,
     };
     assert_eq!(
@@ -67,6 +69,7 @@ fn request_forwarded_headers() {
     let unix = ForwardInfo {
         client_ip: None,
         proto: "http",
+        client_cert_subject: None,
         keep_backend_alive: true,
     };
     assert!(forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", &unix)

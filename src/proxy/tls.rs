@@ -1,0 +1,39 @@
+//! The first step on a `tls` listener: terminate TLS (SPEC section 8), within
+//! `HeadTimeout` from accept, counted per listener. What follows reads and writes
+//! the session like any socket.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::config::Address;
+use crate::context::Worker;
+use crate::net::listen::Peer;
+use crate::net::{tls, Stream};
+
+/// The stream to serve: `sock` itself when `listen` does not terminate TLS (any
+/// more: a reload may have changed it), the TLS session once its handshake is
+/// done, `None` when the handshake failed (the connection is then closed).
+pub async fn terminate(w: &Worker, sock: Stream, peer: Peer, listen: &Address) -> Option<Stream> {
+    let live = w.live.load_full();
+    let (Some(l), Some(term)) = (live.tls_listener(listen), &live.config.global.tls) else {
+        return Some(sock);
+    };
+    let limit = live.config.global.head_timeout;
+    match tls::accept(sock, term, l.http, limit).await {
+        Ok((s, kind)) => {
+            match kind {
+                tls::Accepted::Full => l.handshakes.success.fetch_add(1, Relaxed),
+                tls::Accepted::Resumed => l.handshakes.resumed.fetch_add(1, Relaxed),
+            };
+            Some(s)
+        }
+        Err(e) => {
+            l.handshakes.failure.fetch_add(1, Relaxed);
+            crate::info!(
+                "client {}: TLS handshake on {} failed: {e}",
+                super::http::show(peer),
+                l.text
+            );
+            None
+        }
+    }
+}
