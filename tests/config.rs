@@ -823,11 +823,31 @@ fn every_key_is_rejected_in_the_wrong_section() {
     }
 }
 
+/// A self-signed certificate with its key in one PEM file, made once per run: the
+/// TLS keys' files are read and checked when a file is loaded.
+fn sample_pem() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = rcgen::CertificateParams::new(vec!["sample.test".into()])
+            .unwrap()
+            .self_signed(&k)
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("simian-sample-{}.pem", std::process::id()));
+        std::fs::write(&path, format!("{}{}", c.pem(), k.serialize_pem())).unwrap();
+        path.display().to_string()
+    })
+}
+
 /// A valid value for each key, to build lines in tests.
 fn sample_value(k: Key) -> &'static str {
     match k {
         Key::Listen => "127.0.0.1:18099",
-        Key::TlsCertificate | Key::TlsKey | Key::AccessLog | Key::ErrorLog => "/tmp/x",
+        Key::TlsCertificate | Key::TlsKey | Key::TlsClientCa | Key::BackendCa => sample_pem(),
+        Key::TlsProtocols => "1.3",
+        Key::TlsClientAuth => "off",
+        Key::BackendTlsVerify => "off",
+        Key::AccessLog | Key::ErrorLog => "/tmp/x",
         Key::Match => "^/x",
         Key::Name => "n",
         Key::ServerList => "127.0.0.1:1",
@@ -856,6 +876,12 @@ fn every_key_parses_with_a_sample_value() {
     for k in Key::ALL {
         let line = format!("{} {}", k.name(), sample_value(k));
         let text = match (k, k.place()) {
+            // TLSKey is the key of the one TLSCertificate.
+            (Key::TlsKey, _) => format!(
+                "[PROXY_DEFAULTS]\nTLSCertificate {}\n{line}\n{}",
+                sample_pem(),
+                entry("")
+            ),
             (Key::Listen, _) | (_, Place::Defaults) => {
                 format!("[PROXY_DEFAULTS]\n{line}\n{}", entry(""))
             }

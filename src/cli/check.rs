@@ -24,6 +24,7 @@ pub fn route_table(c: &Config) -> String {
             listen.join(", ")
         }
     );
+    tls_listeners(c, &mut o);
     let threads = g.threads.map_or("auto".to_string(), |n| n.to_string());
     let _ = writeln!(
         o,
@@ -62,7 +63,11 @@ pub fn route_table(c: &Config) -> String {
             e.span.line
         );
         if e.mode == Mode::Tcp {
-            let l: Vec<String> = e.listen.iter().map(|l| l.addr.to_string()).collect();
+            let l: Vec<String> = e
+                .listen
+                .iter()
+                .map(|l| format!("{}{}", l.addr, if l.tls { " tls" } else { "" }))
+                .collect();
             let _ = writeln!(o, "  listen:       {}", l.join(", "));
             let _ = writeln!(o, "  wait bytes:   {}", e.wait_bytes);
         } else {
@@ -115,6 +120,14 @@ pub fn route_table(c: &Config) -> String {
             d(t.backend),
             d(t.idle)
         );
+        if e.backend_tls.is_some() {
+            let verify = match (e.backend_verify, &e.backend_ca) {
+                (false, _) => "off".to_string(),
+                (true, Some(ca)) => format!("against {}", ca.display()),
+                (true, None) => "against the system's CA bundle".to_string(),
+            };
+            let _ = writeln!(o, "  backend tls:  verify {verify}");
+        }
         let _ = writeln!(
             o,
             "  limits:       max connections per server {}; splice {:?}",
@@ -133,4 +146,41 @@ pub fn route_table(c: &Config) -> String {
         }
     }
     o
+}
+
+/// Per `tls` listener: its certificates, names and expiry, versions and client
+/// certificates (SPEC section 8).
+fn tls_listeners(c: &Config, o: &mut String) {
+    let Some(t) = &c.global.tls else { return };
+    let listeners: Vec<&str> = c
+        .global
+        .listen
+        .iter()
+        .chain(c.entries.iter().flat_map(|e| e.listen.iter()))
+        .filter(|l| l.tls)
+        .map(|l| l.text.as_str())
+        .collect();
+    let client = match (&c.global.tls_client_ca, t.client_auth) {
+        (Some(ca), auth) if auth != crate::config::ClientAuth::Off => {
+            format!("{} (CA {})", auth.name(), ca.display())
+        }
+        _ => "off".to_string(),
+    };
+    for l in listeners {
+        let _ = writeln!(
+            o,
+            "tls listener {l}: TLS {}, client certificates {client}",
+            t.versions.join(" ")
+        );
+        for (i, cert) in t.certificates.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  certificate {}{}: {} (expires {})",
+                cert.path,
+                if i == 0 { " (default)" } else { "" },
+                cert.names.join(", "),
+                crate::tls::certificate::date(cert.not_after)
+            );
+        }
+    }
 }

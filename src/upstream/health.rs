@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crate::config::HealthCheck;
 use crate::context::live::Live;
 use crate::context::shutdown::Shutdown;
-use crate::net::{connect::connect, io as nio};
+use crate::net::{connect::connect_server, io as nio};
 use crate::upstream::ServerState;
 
 /// Consecutive results of one server, kept by the checker only.
@@ -77,15 +77,16 @@ async fn run(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) {
                     e.health.clone(),
                     e.timeouts.connect,
                     e.name.clone(),
+                    e.backend_tls.clone(),
                 ));
             }
         }
         let results = Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (s, h, timeout, name) in round {
+        for (s, h, timeout, name, tls) in round {
             let results = results.clone();
             tasks.push(monoio::spawn(async move {
-                let ok = check(&s, &h.check, timeout).await;
+                let ok = check(&s, &h.check, timeout, tls.as_ref()).await;
                 results.borrow_mut().push((s, h, name, ok));
             }));
         }
@@ -136,9 +137,15 @@ fn apply(
     }
 }
 
-/// One check: a TCP connect, or `GET PATH` wanting a 2xx/3xx status.
-async fn check(s: &ServerState, kind: &HealthCheck, timeout: Duration) -> bool {
-    let Ok(conn) = connect(&s.spec.addr, timeout).await else {
+/// One check: a TCP connect (and TLS handshake for a `tls:` server), or
+/// `GET PATH` wanting a 2xx/3xx status.
+async fn check(
+    s: &ServerState,
+    kind: &HealthCheck,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> bool {
+    let Ok(conn) = connect_server(&s.spec, tls, timeout).await else {
         return false;
     };
     let HealthCheck::Http(path) = kind else {
@@ -146,7 +153,7 @@ async fn check(s: &ServerState, kind: &HealthCheck, timeout: Duration) -> bool {
     };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: simian-health-check\r\nConnection: close\r\n\r\n",
-        s.spec.text
+        s.spec.text.strip_prefix("tls:").unwrap_or(&s.spec.text)
     );
     if nio::write_all(&conn, req.as_bytes(), timeout)
         .await
