@@ -12,7 +12,9 @@ use crate::runtime::{self, RunOptions};
 /// The shipped demo configuration; `{listen}` and `{b1..b3}` are filled in.
 const DEMO_CONF: &str = include_str!("../conf/demo.conf.in");
 
-pub fn run(listen: &str) -> anyhow::Result<()> {
+/// `tls`: also terminate TLS on this address, with a self-signed certificate for
+/// `localhost` made at start (`simian demo --tls`).
+pub fn run(listen: &str, tls: Option<&str>) -> anyhow::Result<()> {
     let mut ports = Vec::new();
     for n in 1..=3 {
         let l = TcpListener::bind("127.0.0.1:0").context("cannot start a demo backend")?;
@@ -21,7 +23,19 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
             .name(format!("demo-backend-{n}"))
             .spawn(move || backend(l, n))?;
     }
-    let text = DEMO_CONF
+    let mut text = DEMO_CONF.to_string();
+    let cert_path = std::env::temp_dir().join(format!("simian-demo-{}.pem", std::process::id()));
+    if let Some(tls) = tls {
+        std::fs::write(&cert_path, self_signed()?).context("cannot write the demo certificate")?;
+        text = text.replace(
+            "    Listen         {listen}\n",
+            &format!(
+                "    Listen         {{listen}}\n    Listen         {tls} tls\n    TLSCertificate {}\n",
+                cert_path.display()
+            ),
+        );
+    }
+    let text = text
         .replace("{listen}", listen)
         .replace("{b1}", &format!("127.0.0.1:{}", ports[0]))
         .replace("{b2}", &format!("127.0.0.1:{}", ports[1]))
@@ -40,11 +54,36 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
     println!(
         "  curl -s --data-binary @/etc/hostname http://{listen}/upload   # bodies are forwarded"
     );
+    if let Some(tls) = tls {
+        let port = tls.rsplit(':').next().unwrap_or("8443");
+        println!(
+            "  curl -i --cacert {} --resolve localhost:{port}:127.0.0.1 https://localhost:{port}/   # TLS, self-signed certificate",
+            cert_path.display()
+        );
+        println!("  openssl s_client -connect {tls} -servername localhost </dev/null");
+    }
     println!("  (config used: {}; Ctrl-C stops)", path.display());
     println!();
     let r = runtime::run(config, &path, &RunOptions::default());
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&cert_path);
     r
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost` and `127.0.0.1`, with its
+/// key, as one PEM.
+fn self_signed() -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::generate().context("cannot make a key")?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .context("certificate parameters")?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "simian demo");
+    let cert = params.self_signed(&key).context("cannot sign")?;
+    Ok(format!("{}{}", cert.pem(), key.serialize_pem()))
 }
 
 /// A minimal keep-alive HTTP/1.1 backend: answers every request with its number.

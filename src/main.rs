@@ -61,7 +61,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_file(&path);
             r.map(|_| ExitCode::SUCCESS)
         }
-        Some(Command::Demo { listen }) => simian::demo::run(listen).map(|_| ExitCode::SUCCESS),
+        Some(Command::Demo {
+            listen,
+            tls,
+            tls_listen,
+        }) => simian::demo::run(listen, tls.then_some(tls_listen.as_str())).map(|_| ExitCode::SUCCESS),
         None if cli.check => {
             let Some(config) = load(&cli)? else {
                 return Ok(ExitCode::from(1));

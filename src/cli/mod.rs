@@ -64,5 +64,10 @@ pub enum Command {
     Demo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Also serve HTTPS, with a self-signed certificate made at start.
+        #[arg(long)]
+        tls: bool,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+        tls_listen: String,
     },
 }

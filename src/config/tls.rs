@@ -16,6 +16,20 @@ use crate::tls::{self, Certificate};
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
 impl Resolver<'_> {
+    /// A file named in the configuration: relative paths are taken from the
+    /// configuration file's directory (as nginx takes them from its prefix), so a
+    /// file and its certificates can move together.
+    fn file(&self, d: &Directive) -> Option<PathBuf> {
+        path_of(Some(d)).map(|p| self.relative(p))
+    }
+
+    fn relative(&self, p: PathBuf) -> PathBuf {
+        match Path::new(&self.raw.file).parent() {
+            Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p,
+        }
+    }
+
     /// Load every `TLSCertificate` and build the termination; `listener` is the
     /// first `tls` listener (`None`: no listener needs it, but the files are still
     /// checked, so a broken one is found before it is used).
@@ -49,7 +63,7 @@ impl Resolver<'_> {
         let protocols = self.protocols(dk.one(Key::TlsProtocols));
         let client_ca = dk.one(Key::TlsClientCa);
         let client_roots = client_ca.and_then(|d| {
-            let path = path_of(Some(d))?;
+            let path = self.file(d)?;
             tls::certificate::read_roots(&path)
                 .map_err(|m| self.error(d.value_span, format!("TLSClientCA: {m}"), None))
                 .ok()
@@ -110,11 +124,11 @@ impl Resolver<'_> {
         let Value::Certificate { cert, key } = &d.value else {
             return Err(());
         };
-        let cert_path = PathBuf::from(cert);
+        let cert_path = self.relative(PathBuf::from(cert));
         // The key: beside the certificate, else `TLSKey`, else in the same file.
         let (key_path, key_span) = match (key, tls_key) {
-            (Some(k), _) => (PathBuf::from(&k.value), k.span),
-            (None, Some(t)) => (path_of(Some(t)).unwrap_or_default(), t.value_span),
+            (Some(k), _) => (self.relative(PathBuf::from(&k.value)), k.span),
+            (None, Some(t)) => (self.file(t).unwrap_or_default(), t.value_span),
             (None, None) => (cert_path.clone(), d.value_span),
         };
         tls::certificate::load(&cert_path, &key_path).map_err(|m| {
@@ -163,7 +177,7 @@ impl Resolver<'_> {
         let roots = match (verify, ca) {
             (false, _) => None,
             (true, Some(d)) => {
-                let path = path_of(Some(d))?;
+                let path = self.file(d)?;
                 match tls::certificate::read_roots(Path::new(&path)) {
                     Ok(r) => Some(r),
                     Err(m) => {
