@@ -78,7 +78,9 @@ fn self_signed() -> anyhow::Result<String> {
         .context("certificate parameters")?;
     params
         .subject_alt_names
-        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ])));
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "simian demo");

@@ -65,7 +65,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             tls,
             tls_listen,
-        }) => simian::demo::run(listen, tls.then_some(tls_listen.as_str())).map(|_| ExitCode::SUCCESS),
+        }) => {
+            simian::demo::run(listen, tls.then_some(tls_listen.as_str())).map(|_| ExitCode::SUCCESS)
+        }
         None if cli.check => {
             let Some(config) = load(&cli)? else {
                 return Ok(ExitCode::from(1));

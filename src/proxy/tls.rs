@@ -18,7 +18,10 @@ pub async fn terminate(w: &Worker, sock: Stream, peer: Peer, listen: &Address) -
         return Some(sock);
     };
     let limit = live.config.global.head_timeout;
-    match tls::accept(sock, term, l.http, limit).await {
+    // Boxed: the handshake's state (the ClientHello reader, rustls' handshake
+    // machine) is 2 KB that would otherwise stay in the connection's future, that
+    // is in every idle TLS connection, long after the handshake.
+    match Box::pin(tls::accept(sock, term, l.http, limit)).await {
         Ok((s, kind)) => {
             match kind {
                 tls::Accepted::Full => l.handshakes.success.fetch_add(1, Relaxed),

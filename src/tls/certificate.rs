@@ -237,3 +237,25 @@ mod tests {
         assert_eq!(s, "\\#x\\0d\\0a\\ ");
     }
 }
+
+#[cfg(test)]
+mod subject_tests {
+    use super::*;
+
+    #[test]
+    fn subject_is_rfc4514_in_reverse_order() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["client.test".to_string()]).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CountryName, "DE");
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc.");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "client one");
+        let c = p.self_signed(&key).unwrap();
+        assert_eq!(
+            subject_rfc4514(c.der()).as_deref(),
+            Some("CN=client one,O=Example\\, Inc.,C=DE")
+        );
+    }
+}
