@@ -117,11 +117,12 @@ impl Worker {
         }
         // SAFETY: `dup` is a fresh fd nobody else owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup) };
-        if let Err(e) = self.parked.park(fd, tcp, deadline) {
+        let (sock, session) = client.split_session();
+        if let Err((e, session)) = self.parked.park(fd, tcp, deadline, session) {
             self.park_failed(e);
-            return Err(client);
+            return Err(crate::net::Stream::rejoin(sock, session));
         }
-        drop(client);
+        drop(sock);
         self.conns.set(self.conns.get() + 1);
         PROCESS.client_connections.fetch_add(1, Relaxed);
         PROCESS.parked_connections.fetch_add(1, Relaxed);

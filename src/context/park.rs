@@ -19,6 +19,7 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 
 use crate::net::listen::Peer;
+use crate::net::tls::TlsSession;
 
 /// How long a keep-alive connection waits in its own task before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(500);
@@ -28,14 +29,18 @@ pub struct Parked {
     pub fd: OwnedFd,
     pub peer: Peer,
     pub tcp: bool,
+    pub tls: Option<Box<TlsSession>>,
 }
 
-/// What the set keeps per connection (16 bytes; its fd is the key, its peer
+/// What the set keeps per connection (24 bytes; its fd is the key, its peer
 /// address is asked again with getpeername(2) when it wakes).
 struct Slot {
     /// IdleTimeout deadline (crate clock, ms), carried over from its idle wait.
     deadline: u64,
     tcp: bool,
+    /// A TLS connection's session (its keys and sequence numbers): the task and
+    /// the socket's registration go, the session must stay.
+    tls: Option<Box<TlsSession>>,
 }
 
 pub struct Parking {
@@ -71,8 +76,14 @@ impl Parking {
         self.len() == 0
     }
 
-    /// Park a connection (closed on error).
-    pub fn park(&self, fd: OwnedFd, tcp: bool, deadline: u64) -> io::Result<()> {
+    /// Park a connection; on error the session comes back (the fd is closed).
+    pub fn park(
+        &self,
+        fd: OwnedFd,
+        tcp: bool,
+        deadline: u64,
+        tls: Option<Box<TlsSession>>,
+    ) -> Result<(), (io::Error, Option<Box<TlsSession>>)> {
         let raw = fd.as_raw_fd();
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
@@ -80,12 +91,14 @@ impl Parking {
         };
         // SAFETY: valid epoll fd, valid fd, valid event pointer.
         if unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, &mut ev) } < 0 {
-            return Err(io::Error::last_os_error());
+            return Err((io::Error::last_os_error(), tls));
         }
         // The set owns the fd from here: closed by `expire`, `close_all` or drop,
         // or handed out again by `take_ready`.
         let fd = fd.into_raw_fd();
-        self.conns.borrow_mut().insert(fd, Slot { deadline, tcp });
+        self.conns
+            .borrow_mut()
+            .insert(fd, Slot { deadline, tcp, tls });
         Ok(())
     }
 
@@ -126,6 +139,7 @@ impl Parking {
                         fd,
                         peer,
                         tcp: slot.tcp,
+                        tls: slot.tls,
                     });
                 }
             }

@@ -54,6 +54,26 @@ impl Stream {
         !self.is_tls()
     }
 
+    /// The socket and, for TLS, the session apart (to park an idle connection,
+    /// which keeps only its fd and its session).
+    pub fn split_session(self) -> (Stream, Option<Box<super::tls::TlsSession>>) {
+        match self {
+            Stream::Tls(t) => {
+                let (sock, session) = t.into_parts();
+                (sock, Some(session))
+            }
+            plain => (plain, None),
+        }
+    }
+
+    /// Undo `split_session`.
+    pub fn rejoin(sock: Stream, session: Option<Box<super::tls::TlsSession>>) -> Stream {
+        match session {
+            Some(s) => super::tls::TlsStream::resume(sock, s),
+            None => sock,
+        }
+    }
+
     /// The name a backend TLS session was opened for; `None` for plain sockets.
     pub fn backend_name(&self) -> Option<&rustls::pki_types::ServerName<'static>> {
         match self {

@@ -23,6 +23,19 @@ use crate::tls::Termination;
 /// reads and writes it through `net::io` like any socket.
 pub struct TlsStream {
     pub(super) sock: Stream,
+    session: TlsSession,
+}
+
+impl std::ops::Deref for TlsStream {
+    type Target = TlsSession;
+
+    fn deref(&self) -> &TlsSession {
+        &self.session
+    }
+}
+
+/// The session without its socket: what a parked idle TLS connection keeps.
+pub struct TlsSession {
     conn: RefCell<Connection>,
     /// Decrypted bytes rustls holds that nobody read yet: a readiness wait must
     /// not sleep on the socket while they are there (pipelined requests).
@@ -229,7 +242,7 @@ pub async fn connect(
     let s = TlsStream::wrap(sock, conn, None);
     Ok(match s {
         Stream::Tls(mut t) => {
-            t.server_name = Some(name);
+            t.session.server_name = Some(name);
             Stream::Tls(t)
         }
         other => other,
@@ -240,11 +253,13 @@ impl TlsStream {
     fn wrap(sock: Stream, conn: Connection, client_subject: Option<Box<str>>) -> Stream {
         let t = TlsStream {
             sock,
-            conn: RefCell::new(conn),
-            plaintext: Cell::new(0),
-            eof: Cell::new(false),
-            client_subject,
-            server_name: None,
+            session: TlsSession {
+                conn: RefCell::new(conn),
+                plaintext: Cell::new(0),
+                eof: Cell::new(false),
+                client_subject,
+                server_name: None,
+            },
         };
         // Early data of the peer (a request sent with its Finished) may be decrypted
         // already.
@@ -252,6 +267,21 @@ impl TlsStream {
         Stream::Tls(Box::new(t))
     }
 
+    /// Take the session off its socket (to park an idle connection).
+    pub fn into_parts(self) -> (Stream, Box<TlsSession>) {
+        (self.sock, Box::new(self.session))
+    }
+
+    /// Put a parked session back on its socket.
+    pub fn resume(sock: Stream, session: Box<TlsSession>) -> Stream {
+        Stream::Tls(Box::new(TlsStream {
+            sock,
+            session: *session,
+        }))
+    }
+}
+
+impl TlsSession {
     /// Re-read rustls' state after new records were processed.
     fn refresh(&self) {
         if let Ok(st) = self.conn.borrow_mut().process_new_packets() {
@@ -267,6 +297,12 @@ impl TlsStream {
         self.plaintext.get() > 0 || self.eof.get()
     }
 
+    pub fn wants_write(&self) -> bool {
+        self.conn.borrow().wants_write()
+    }
+}
+
+impl TlsStream {
     /// Like `net::io::try_read`: decrypted bytes appended to `buf`, at most `max`;
     /// Ok(0) at EOF, WouldBlock when rustls has nothing and the socket is dry.
     pub fn try_read(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
@@ -346,10 +382,6 @@ impl TlsStream {
             }
         }
         Ok(n)
-    }
-
-    pub fn wants_write(&self) -> bool {
-        self.conn.borrow().wants_write()
     }
 
     /// Send everything rustls holds, waiting for the socket at most `t` each time.

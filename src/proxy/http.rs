@@ -32,8 +32,7 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
     // is read at once, without a readiness round trip; one that still has
     // nothing (the defer period ran out) waits like an idle one.
     let mut carry: Option<Vec<u8>> = None;
-    // A parked connection keeps only its fd: a TLS session's state would be lost.
-    let mut may_park = !client.is_tls();
+    let mut may_park = true;
     if client.is_tcp() {
         let mut b = w.bufs.take();
         match nio::try_read(&client, &mut b, http::MAX_HEAD) {

@@ -312,7 +312,10 @@ async fn resume_parked(w: Rc<Worker>) {
                 continue;
             }
             match crate::net::Stream::from_fd(p.fd, p.tcp) {
-                Ok(stream) => spawn_connection(&w, stream, p.peer, Kind::Http),
+                Ok(stream) => {
+                    let stream = crate::net::Stream::rejoin(stream, p.tls);
+                    spawn_connection(&w, stream, p.peer, Kind::Http)
+                }
                 Err(e) => {
                     crate::warn!("worker {}: cannot resume a parked connection: {e}", w.id);
                     w.count_out(1);
