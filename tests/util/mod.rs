@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod tls;
+
 /// Default read/write timeout of every test socket.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bodies are kept in memory up to this size (larger ones are only checked).
