@@ -2530,8 +2530,46 @@ fn graceful_shutdown_with_tls(driver: Driver) {
     idle.expect_closed(Duration::from_secs(1));
 }
 
+/// An idle keep-alive TLS connection is parked (its task goes, its session stays)
+/// and serves its next request as before; one left idle past IdleTimeout is closed
+/// with close_notify, from the parked set.
+fn idle_tls_connections_park_and_resume(driver: Driver) {
+    let pki = Pki::new();
+    let backend = Backend::fixed("parked");
+    let stats = free_port();
+    let p = Proxy::start_with(
+        &https_conf(
+            &pki,
+            &["a"],
+            &format!(
+                "    Listen 127.0.0.1:{stats}\n    StatisticsURL /stats\n    IdleTimeout 3s\n"
+            ),
+            &backend.addr(),
+        ),
+        Options::driver(driver).threads(1),
+    );
+    let parked = |m: &str| sample(m, "simian_client_connections_parked", &[]).unwrap_or(0.0);
+    let (mut c, info) = connect(&p.addr(), "a.example.com", &pki.opts().build()).unwrap();
+    for round in 0..3 {
+        // Parked after 500 ms idle (the sweeper runs every 250 ms).
+        let m = wait_metrics(stats, |m| parked(m) >= 1.0);
+        assert!(parked(&m) >= 1.0, "round {round}: not parked:\n{m}");
+        let r = c.get("/again");
+        assert_eq!(r.status, 200, "round {round}");
+        assert_eq!(r.text(), "parked");
+    }
+    assert_eq!(backend.request_count(), 3);
+    // Left alone past IdleTimeout: closed by the parked set, with close_notify.
+    c.expect_closed(Duration::from_secs(6));
+    assert_eq!(
+        info.wait_end(Duration::from_secs(3)),
+        Some(util::tls::End::CloseNotify)
+    );
+}
+
 per_driver!(
     https_with_curl,
+    idle_tls_connections_park_and_resume,
     https_keepalive_raw,
     close_notify_before_close,
     sni_picks_the_certificate,

@@ -157,6 +157,9 @@ impl Parking {
             let keep = slot.deadline > now_ms;
             if !keep {
                 n += 1;
+                if let Some(tls) = &slot.tls {
+                    tls.close_notify_fd(*fd);
+                }
                 // Explicitly: closing leaves the set only once no other fd shares
                 // the socket, and the driver may still hold the original briefly.
                 // SAFETY: plain syscalls on an fd this set owns, closed once.

@@ -42,6 +42,8 @@ pub struct TlsSession {
     plaintext: Cell<usize>,
     /// The peer sent close_notify or the socket reached EOF.
     eof: Cell<bool>,
+    /// Our close_notify is queued (sent once).
+    closed: Cell<bool>,
     /// A verified client certificate's subject (RFC 4514), for
     /// `X-Client-Cert-Subject`.
     pub client_subject: Option<Box<str>>,
@@ -51,15 +53,21 @@ pub struct TlsSession {
 }
 
 /// The socket as rustls' `io::Read`/`io::Write`: one nonblocking syscall each.
-struct SockIo<'a>(&'a Stream);
+struct SockIo(std::os::fd::RawFd);
 
-impl Read for SockIo<'_> {
+impl SockIo {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+impl Read for SockIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: we write at most `buf.len()` bytes into `buf`.
             let n = unsafe {
                 libc::recv(
-                    self.0.fd(),
+                    self.fd(),
                     buf.as_mut_ptr() as *mut libc::c_void,
                     buf.len(),
                     0,
@@ -76,9 +84,9 @@ impl Read for SockIo<'_> {
     }
 }
 
-impl Write for SockIo<'_> {
+impl Write for SockIo {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        super::io::try_write_plain(self.0, data)
+        self.write_vectored(&[io::IoSlice::new(data)])
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
@@ -89,7 +97,7 @@ impl Write for SockIo<'_> {
         msg.msg_iovlen = bufs.len().min(1024) as _;
         loop {
             // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
-            let n = unsafe { libc::sendmsg(self.0.fd(), &msg, libc::MSG_NOSIGNAL) };
+            let n = unsafe { libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL) };
             if n >= 0 {
                 return Ok(n as usize);
             }
@@ -127,7 +135,7 @@ async fn wait(sock: &Stream, write: bool, deadline: Instant) -> io::Result<()> {
 /// failed handshake are sent this way, best effort).
 async fn flush_conn(sock: &Stream, conn: &mut Connection, deadline: Instant) -> io::Result<()> {
     while conn.wants_write() {
-        match conn.write_tls(&mut SockIo(sock)) {
+        match conn.write_tls(&mut SockIo(sock.fd())) {
             Ok(_) => {}
             Err(e) if would_block(&e) => wait(sock, true, deadline).await?,
             Err(e) => return Err(e),
@@ -143,7 +151,7 @@ async fn handshake(sock: &Stream, conn: &mut Connection, deadline: Instant) -> i
         if !conn.is_handshaking() {
             return Ok(());
         }
-        match conn.read_tls(&mut SockIo(sock)) {
+        match conn.read_tls(&mut SockIo(sock.fd())) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -153,7 +161,7 @@ async fn handshake(sock: &Stream, conn: &mut Connection, deadline: Instant) -> i
             Ok(_) => {
                 if let Err(e) = conn.process_new_packets() {
                     // The alert rustls queued tells the peer why; best effort.
-                    let _ = conn.write_tls(&mut SockIo(sock));
+                    let _ = conn.write_tls(&mut SockIo(sock.fd()));
                     return Err(tls_error(e));
                 }
             }
@@ -182,7 +190,7 @@ pub async fn accept(
     let deadline = Instant::now() + limit;
     let mut acceptor = Acceptor::default();
     let accepted = loop {
-        match acceptor.read_tls(&mut SockIo(&sock)) {
+        match acceptor.read_tls(&mut SockIo(sock.fd())) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -200,7 +208,7 @@ pub async fn accept(
             Ok(Some(a)) => break a,
             Ok(None) => {}
             Err((e, mut alert)) => {
-                let _ = alert.write(&mut SockIo(&sock));
+                let _ = alert.write(&mut SockIo(sock.fd()));
                 return Err(tls_error(e));
             }
         }
@@ -209,7 +217,7 @@ pub async fn accept(
     let server = match accepted.into_connection(config) {
         Ok(c) => c,
         Err((e, mut alert)) => {
-            let _ = alert.write(&mut SockIo(&sock));
+            let _ = alert.write(&mut SockIo(sock.fd()));
             return Err(tls_error(e));
         }
     };
@@ -257,6 +265,7 @@ impl TlsStream {
                 conn: RefCell::new(conn),
                 plaintext: Cell::new(0),
                 eof: Cell::new(false),
+                closed: Cell::new(false),
                 client_subject,
                 server_name: None,
             },
@@ -267,9 +276,18 @@ impl TlsStream {
         Stream::Tls(Box::new(t))
     }
 
-    /// Take the session off its socket (to park an idle connection).
+    /// Take the session off its socket (to park an idle connection): the
+    /// connection goes on, so no close_notify.
     pub fn into_parts(self) -> (Stream, Box<TlsSession>) {
-        (self.sock, Box::new(self.session))
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: each field is read exactly once and `me` is never used or dropped
+        // again, so nothing is duplicated or leaked.
+        unsafe {
+            (
+                std::ptr::read(&me.sock),
+                Box::new(std::ptr::read(&me.session)),
+            )
+        }
     }
 
     /// Put a parked session back on its socket.
@@ -300,6 +318,32 @@ impl TlsSession {
     pub fn wants_write(&self) -> bool {
         self.conn.borrow().wants_write()
     }
+
+    /// Queue close_notify once and send what the socket takes now (RFC 8446 6.1:
+    /// without it a client cannot tell a close-delimited body from a cut one).
+    fn close_notify_on(&self, fd: std::os::fd::RawFd) {
+        let mut conn = self.conn.borrow_mut();
+        if !self.closed.replace(true) {
+            conn.send_close_notify();
+        }
+        while conn.wants_write() {
+            if conn.write_tls(&mut SockIo(fd)).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// close_notify on the bare fd of a parked connection about to be closed.
+    pub fn close_notify_fd(&self, fd: std::os::fd::RawFd) {
+        self.close_notify_on(fd);
+    }
+}
+
+impl Drop for TlsStream {
+    /// Every TLS connection simian closes ends with close_notify.
+    fn drop(&mut self) {
+        self.close_notify();
+    }
 }
 
 impl TlsStream {
@@ -323,12 +367,12 @@ impl TlsStream {
             }
             // Alerts or a key update rustls queued go out before we wait on reads.
             if conn.wants_write() {
-                match conn.write_tls(&mut SockIo(&self.sock)) {
+                match conn.write_tls(&mut SockIo(self.sock.fd())) {
                     Err(e) if !would_block(&e) => return Err(e),
                     _ => {}
                 }
             }
-            match conn.read_tls(&mut SockIo(&self.sock)) {
+            match conn.read_tls(&mut SockIo(self.sock.fd())) {
                 Ok(0) => {
                     // EOF without close_notify: a truncation the HTTP framing
                     // detects where it matters (a body cut short).
@@ -343,7 +387,7 @@ impl TlsStream {
                         }
                     }
                     Err(e) => {
-                        let _ = conn.write_tls(&mut SockIo(&self.sock));
+                        let _ = conn.write_tls(&mut SockIo(self.sock.fd()));
                         return Err(tls_error(e));
                     }
                 },
@@ -359,7 +403,7 @@ impl TlsStream {
         let mut conn = self.conn.borrow_mut();
         let mut blocked = false;
         while conn.wants_write() {
-            match conn.write_tls(&mut SockIo(&self.sock)) {
+            match conn.write_tls(&mut SockIo(self.sock.fd())) {
                 Ok(_) => {}
                 Err(e) if would_block(&e) => {
                     blocked = true;
@@ -374,7 +418,7 @@ impl TlsStream {
         }
         if !blocked {
             while conn.wants_write() {
-                match conn.write_tls(&mut SockIo(&self.sock)) {
+                match conn.write_tls(&mut SockIo(self.sock.fd())) {
                     Ok(_) => {}
                     Err(e) if would_block(&e) => break,
                     Err(e) => return Err(e),
@@ -392,7 +436,7 @@ impl TlsStream {
                 if !conn.wants_write() {
                     return Ok(());
                 }
-                conn.write_tls(&mut SockIo(&self.sock))
+                conn.write_tls(&mut SockIo(self.sock.fd()))
             };
             match r {
                 Ok(_) => {}
@@ -411,7 +455,7 @@ impl TlsStream {
         }
         let mut conn = self.conn.borrow_mut();
         loop {
-            match conn.read_tls(&mut SockIo(&self.sock)) {
+            match conn.read_tls(&mut SockIo(self.sock.fd())) {
                 Ok(0) => return true,
                 Ok(_) => match conn.process_new_packets() {
                     Ok(st) if st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() => {
@@ -428,12 +472,6 @@ impl TlsStream {
     /// Queue close_notify and send it if the socket takes it now (best effort: the
     /// FIN or RST that follows ends the connection anyway).
     pub fn close_notify(&self) {
-        let mut conn = self.conn.borrow_mut();
-        conn.send_close_notify();
-        while conn.wants_write() {
-            if conn.write_tls(&mut SockIo(&self.sock)).is_err() {
-                break;
-            }
-        }
+        self.session.close_notify_on(self.sock.fd());
     }
 }
