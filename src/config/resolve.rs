@@ -491,6 +491,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         let backend_tls = if servers.iter().any(|s| s.tls.is_some()) {
             r.backend_tls(backend_ca_d, backend_verify, s.span, &mut system_roots)
         } else {
+            // Unused here, but a broken file is still an error (it would be the day
+            // a `tls:` server is added).
+            r.check_backend_ca(backend_ca_d);
             None
         };
         entries.push(Entry {

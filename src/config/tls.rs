@@ -165,6 +165,15 @@ impl Resolver<'_> {
         Some((vs.iter().any(|v| v == "1.2"), vs.iter().any(|v| v == "1.3")))
     }
 
+    pub(super) fn check_backend_ca(&mut self, ca: Option<&Directive>) {
+        let Some(d) = ca else { return };
+        if let Some(path) = self.file(d) {
+            if let Err(m) = tls::certificate::read_roots(&path) {
+                self.error(d.value_span, format!("BackendCA: {m}"), None);
+            }
+        }
+    }
+
     /// The client side of an entry's `tls:` servers. `system` caches the system's
     /// CA bundle across the entries of one load.
     pub(super) fn backend_tls(
