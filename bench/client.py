@@ -19,6 +19,10 @@ Python 3.11 standard library only. Subcommands:
         Opens N keep-alive connections, sends one GET on each and reads its response,
         prints "ready N", then holds them idle (sending nothing) until stdin closes.
 
+`get` and `idle` take --tls: the same over TLS (Python's ssl module, SNI bench.test, no
+certificate verification; the groups and suites offered are OpenSSL's, or those of the
+OPENSSL_CONF that bench/run.py sets: X25519 only).
+
 Only Content-Length framing is supported (every server used by the benchmark sends it);
 anything else is reported as an error.
 """
@@ -28,12 +32,15 @@ import json
 import resource
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
 
 MIB = 1 << 20
 HOST = "127.0.0.1"
+SNI = "bench.test"
+TLS_CTX = None  # set by --tls
 
 
 class ProtocolError(Exception):
@@ -49,7 +56,16 @@ def raise_nofile():
 def connect(port):
     s = socket.create_connection((HOST, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if TLS_CTX is not None:
+        s = TLS_CTX.wrap_socket(s, server_hostname=SNI)  # handshake done here
     return s
+
+
+def use_tls():
+    global TLS_CTX
+    TLS_CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    TLS_CTX.check_hostname = False
+    TLS_CTX.verify_mode = ssl.CERT_NONE
 
 
 def parse_head(head):
@@ -298,6 +314,7 @@ def main():
     g.add_argument("--path", default="/64m.bin")
     g.add_argument("--conns", type=int, default=4)
     g.add_argument("--duration", type=float, default=8.0)
+    g.add_argument("--tls", action="store_true")
     g.set_defaults(func=cmd_get)
     u = sub.add_parser("post")
     u.add_argument("--port", type=int, required=True)
@@ -313,8 +330,11 @@ def main():
     i.add_argument("--port", type=int, required=True)
     i.add_argument("--n", type=int, default=5000)
     i.add_argument("--path", default="/small")
+    i.add_argument("--tls", action="store_true")
     i.set_defaults(func=cmd_idle)
     args = p.parse_args()
+    if getattr(args, "tls", False):
+        use_tls()
     sys.exit(args.func(args) or 0)
 
 

@@ -8,6 +8,7 @@ Python 3.11 standard library only. Run as root on a 2-vCPU machine: the proxy un
 is pinned alone on CPU 1, the load generator (wrk, bench/client.py) and the origin
 (nginx, plus the Python upload sink) on CPU 0. `--cores 2` (part of the default run)
 repeats the small-GET workload with 2 proxy threads and everything spread on both CPUs.
+The tls-* workloads run simian, HAProxy and nginx terminating TLS (bench/tls.py).
 """
 
 import argparse
@@ -22,6 +23,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,9 @@ import tempfile
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
+import tls  # noqa: E402  (bench/tls.py)
+
 REPO = os.path.dirname(BENCH)
 CONF = os.path.join(BENCH, "conf")
 CLIENT = os.path.join(BENCH, "client.py")
@@ -38,7 +43,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 TARGETS = ["direct", "simian", "haproxy", "haproxy-splice", "nginx"]
 PROXIES = TARGETS[1:]
-WORKLOADS = ["small", "close", "1m", "64m", "upload", "idle"]
+PLAIN_WORKLOADS = ["small", "close", "1m", "64m", "upload", "idle"]
+WORKLOADS = PLAIN_WORKLOADS + tls.TLS_WORKLOADS
 WORKLOADS_2CORES = ["small"]
 WORKLOAD_TITLES = {
     "small": "small keep-alive GETs (wrk -c50)",
@@ -47,6 +53,7 @@ WORKLOAD_TITLES = {
     "64m": "64 MiB responses (4 conns, 1 MiB reads)",
     "upload": "64 MiB uploads (4 conns)",
     "idle": "idle keep-alive client connections",
+    **tls.WORKLOAD_TITLES,
 }
 
 
@@ -160,9 +167,9 @@ def timewait_count():
 
 
 class Server:
-    def __init__(self, name, argv, port, cpus, work, http_check=True, env=None):
+    def __init__(self, name, argv, port, cpus, work, http_check=True, env=None, tls=False):
         self.name, self.argv, self.port, self.cpus = name, argv, port, cpus
-        self.work, self.http_check, self.env = work, http_check, env
+        self.work, self.http_check, self.env, self.tls = work, http_check, env, tls
         self.proc = None
         self.logpath = os.path.join(work, f"{name}.log")
 
@@ -218,14 +225,14 @@ def wait_ready(server, limit=20.0):
                                + tail(server.logpath))
         try:
             if server.http_check:
-                st = http_probe(server.port)
+                st = tls.tls_get(server.port, "/small")[0] if server.tls else http_probe(server.port)
                 if st == b"200":
                     return
                 last = f"status {st!r}"
             else:
                 socket.create_connection(("127.0.0.1", server.port), timeout=1.0).close()
                 return
-        except OSError as e:
+        except (OSError, ssl.SSLError) as e:
             last = str(e)
         time.sleep(0.05)
     raise RuntimeError(f"{server.name} not ready on port {server.port} after {limit}s ({last}); "
@@ -268,17 +275,20 @@ def render(template, values):
 # ---------------------------------------------------------------------------- setup
 
 
+PACKAGES = {"haproxy": "haproxy", "nginx": "nginx-light", "wrk": "wrk", "taskset": "util-linux",
+            "openssl": "openssl", "hey": "hey"}  # binary: Debian package (hey: TLS full handshakes)
+
+
 def ensure_packages(args):
-    missing = [b for b in ("haproxy", "nginx", "wrk", "taskset") if shutil.which(b) is None
-               and not os.path.exists(f"/usr/sbin/{b}")]
+    missing = [b for b in PACKAGES if shutil.which(b) is None and not os.path.exists(f"/usr/sbin/{b}")]
     if not missing:
         return
     if args.no_install:
         sys.exit(f"missing: {missing} (and --no-install given)")
-    log(f"installing haproxy nginx-light wrk (missing: {missing})")
+    log(f"installing {' '.join(PACKAGES.values())} (missing: {missing})")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "haproxy", "nginx-light", "wrk", "util-linux"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", *PACKAGES.values()], check=True, env=env)
 
 
 def which(b):
@@ -348,19 +358,28 @@ class Bench:
         self.ports = {"origin1": b + 1, "origin2": b + 2, "origin3": b + 3, "sink": b + 4,
                       "direct": b + 1, "simian": b + 10, "haproxy": b + 11, "haproxy-splice": b + 12,
                       "nginx": b + 13}
+        # the TLS proxies: "<target>-tls" (ECDSA P-256) and "<target>-tls-rsa" (RSA-2048)
+        for i, t in enumerate(tls.TLS_TARGETS):
+            self.ports[f"{t}-tls"] = b + 21 + i
+            self.ports[f"{t}-tls-rsa"] = b + 24 + i
         for name in ("origin1", "origin2", "origin3", "sink"):
             if not port_free(self.ports[name], strict=False):
                 sys.exit(f"port {self.ports[name]} ({name}) is in use: pick another --port-base")
         self.next_port = b + 100  # fresh ports for restarted proxies
-        for name in PROXIES:
+        for name in PROXIES + [n for n in self.ports if "-tls" in n]:
             if not port_free(self.ports[name]):
                 self.ports[name] = self.fresh_port()
         self.servers = {}
         self.cores = 1
         os.makedirs(os.path.join(self.work, "www"))
-        for d in ("origin-tmp", "nginx-proxy-tmp"):
+        for d in ("origin-tmp", "nginx-proxy-tmp", "nginx-tls-tmp", "nginx-tls-rsa-tmp"):
             os.makedirs(os.path.join(self.work, d))
         self._make_files()
+        self.certs = self.client_conf = None
+        if any(w in tls.TLS_WORKLOADS for w in args.workloads):
+            self.certs = tls.make_certs(self.work)  # ECDSA P-256 and RSA-2048, made for this run
+            self.client_conf = tls.write_client_openssl_conf(self.work)
+        self.tls_info = {}
 
     def _make_files(self):
         block = os.urandom(MIB)
@@ -382,7 +401,20 @@ class Bench:
         return {"WORK": self.work, "PORT": port, "THREADS": threads, "ORIGIN1": p["origin1"],
                 "ORIGIN2": p["origin2"], "ORIGIN3": p["origin3"], "SINK": p["sink"],
                 "ORIGIN_WORKERS": self.cores, "SPLICE": self.args.simian_splice,
-                "HAPROXY_GLOBAL_EXTRA": "", "HAPROXY_DEFAULTS_EXTRA": ""}
+                "HAPROXY_GLOBAL_EXTRA": "", "HAPROXY_DEFAULTS_EXTRA": "", "NAME": "nginx-proxy",
+                "LISTEN_TLS": "", "SIMIAN_TLS": "", "HAPROXY_BIND_TLS": "", "NGINX_LISTEN_TLS": "",
+                "NGINX_TLS": ""}
+
+    def tls_values(self, name, port, threads):
+        """values() plus the TLS lines of each template, for "<target>-tls[-rsa]"."""
+        c = self.certs["rsa" if name.endswith("-rsa") else "ecdsa"]
+        v = self.values(port, threads)
+        v.update({"NAME": name, "LISTEN_TLS": " tls",
+                  "SIMIAN_TLS": f"TLSCertificate {c['cert']} {c['key']}\nStatisticsURL {tls.STATS_PATH}\n",
+                  "HAPROXY_BIND_TLS": f" ssl crt {c['combined']}", "NGINX_LISTEN_TLS": " ssl",
+                  "NGINX_TLS": (f"        ssl_certificate {c['cert']};\n        ssl_certificate_key {c['key']};\n"
+                                "        ssl_protocols TLSv1.2 TLSv1.3;\n")})
+        return v
 
     def write_conf(self, name, template, values):
         path = os.path.join(self.work, name)
@@ -402,6 +434,16 @@ class Bench:
                           self.ports["sink"], self.load_cpus(), w, http_check=False)
         port = self.ports[name]
         cpus = self.proxy_cpus()
+        if "-tls" in name:
+            v = self.tls_values(name, port, threads)
+            if name.startswith("simian"):
+                conf = self.write_conf(f"{name}.conf", "simian.conf", v)
+                return Server(name, [self.simian_bin, "-c", conf], port, cpus, w, tls=True)
+            if name.startswith("haproxy"):
+                conf = self.write_conf(f"{name}.cfg", "haproxy.cfg", v)
+                return Server(name, [which("haproxy"), "-db", "-f", conf], port, cpus, w, tls=True)
+            conf = self.write_conf(f"{name}.conf", "nginx-proxy.conf", v)
+            return Server(name, [which("nginx"), "-c", conf, "-p", w], port, cpus, w, tls=True)
         if name == "simian":
             conf = self.write_conf("simian.conf", "simian.conf", self.values(port, threads))
             return Server(name, [self.simian_bin, "-c", conf], port, cpus, w)
@@ -436,7 +478,7 @@ class Bench:
             if port_free(self.next_port):
                 return self.next_port
 
-    def start_all(self, cores, targets):
+    def start_all(self, cores, targets, workloads=()):
         self.cores = cores
         if cores != 1:  # new processes on fresh ports, as in restart()
             for t in PROXIES:
@@ -445,8 +487,23 @@ class Bench:
         if "sink" not in self.servers or self.servers["sink"].proc is None:
             self.start("sink")
         for t in targets:
-            if t != "direct":
+            if t != "direct" and any(w in PLAIN_WORKLOADS for w in workloads):
                 self.start(t)
+        for name in self.tls_servers(targets, workloads):
+            self.start(name)
+
+    @staticmethod
+    def tls_servers(targets, workloads):
+        """The TLS proxies the workloads need: "<target>-tls", "<target>-tls-rsa"."""
+        out = []
+        for t in tls.TLS_TARGETS:
+            if t not in targets:
+                continue
+            if any(w in tls.TLS_WORKLOADS and w != "tls-handshake-rsa" for w in workloads):
+                out.append(f"{t}-tls")
+            if "tls-handshake-rsa" in workloads:
+                out.append(f"{t}-tls-rsa")
+        return out
 
     def stop_all(self, keep_sink=False):
         for name, s in list(self.servers.items()):
@@ -465,14 +522,15 @@ class Bench:
 
     # ------------------------------------------------------------------ measurement
 
-    def measured(self, target, argv, timeout):
-        """Runs a load-generator command pinned to the load CPUs, with CPU accounting."""
+    def measured(self, target, argv, timeout, env=None):
+        """Runs a load-generator command pinned to the load CPUs, with CPU accounting.
+        target: a key of self.servers ("simian", "nginx-tls"...) or "direct"."""
         proxy = self.proxy_pids(target)
         side = self.side_pids()
         (pu0, ps0), s0, c0, j0 = cpu_split(proxy), cpu_seconds(side), children_cpu(), cpu_busy_jiffies()
         t0 = time.monotonic()
         r = subprocess.run(["taskset", "-c", self.load_cpus()] + argv, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
         wall = time.monotonic() - t0
         (pu1, ps1), s1, c1, j1 = cpu_split(proxy), cpu_seconds(side), children_cpu(), cpu_busy_jiffies()
         proxy_cpu = (pu1 + ps1) - (pu0 + ps0)
@@ -485,6 +543,7 @@ class Bench:
             "proxy_user_s": pu1 - pu0,
             "proxy_sys_s": ps1 - ps0,
             "proxy_pct": 100.0 * proxy_cpu / wall if target != "direct" else None,
+            "load_cpu_s": load_cpu,
             "load_pct": 100.0 * load_cpu / wall,
             "cpu0_pct": busy.get(0), "cpu1_pct": busy.get(1),
             "other_pct": 100.0 * max(0.0, total_busy_s - proxy_cpu - load_cpu) / wall,
@@ -494,9 +553,12 @@ class Bench:
     def wrk(self, target, path, conns, extra=()):
         a = self.args
         threads = self.cores
-        url = f"http://127.0.0.1:{self.port(target)}{path}"
+        scheme, env = "http", None
+        if "-tls" in target:  # wrk speaks TLS with the system's OpenSSL; X25519 forced
+            scheme, env = "https", self.tls_env()
+        url = f"{scheme}://127.0.0.1:{self.port(target)}{path}"
         argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{a.duration:g}s", "--latency", *extra, url]
-        r, cpu = self.measured(target, argv, timeout=a.duration + 60)
+        r, cpu = self.measured(target, argv, timeout=a.duration + 60, env=env)
         res = parse_wrk(r.stdout)
         if r.returncode != 0 or res.get("requests") is None:
             raise RuntimeError(f"wrk failed ({r.returncode}):\n{r.stdout}")
@@ -512,13 +574,17 @@ class Bench:
         per_unit(m, cpu, res["requests"], "cpu_us_per_req")
         return m, cpu
 
-    def run_close(self, target):
+    @staticmethod
+    def drain_timewait():
         tw = timewait_count()
         if tw > 25000:  # tcp_tw_reuse lets connects reuse most of them; drain only the excess
             log(f"  {tw} sockets in TIME_WAIT: waiting up to 20 s for them to drain")
             deadline = time.monotonic() + 20
             while timewait_count() > 15000 and time.monotonic() < deadline:
                 time.sleep(1)
+
+    def run_close(self, target):
+        self.drain_timewait()
         res, cpu = self.wrk(target, "/small", 50, extra=("-H", "Connection: close"))
         m = {"rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
              "errors": res["errors"], "requests": res["requests"]}
@@ -539,9 +605,12 @@ class Bench:
     def run_client(self, target, argv, direct_port=None):
         a = self.args
         port = direct_port if target == "direct" and direct_port else self.port(target)
+        env = None
+        if "-tls" in target:
+            argv, env = [*argv, "--tls"], self.tls_env()
         r, cpu = self.measured(target, [sys.executable, CLIENT, *argv, "--port", str(port),
                                         "--conns", "4", "--duration", f"{a.duration:g}"],
-                               timeout=a.duration + 120)
+                               timeout=a.duration + 120, env=env)
         try:
             res = json.loads(r.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -570,9 +639,10 @@ class Bench:
             pids = self.servers["origin"].pids()
         time.sleep(0.5)
         before = rss_bytes(pids)
+        extra, env = ([], None) if "-tls" not in target else (["--tls"], self.tls_env())
         p = subprocess.Popen(["taskset", "-c", self.load_cpus(), sys.executable, CLIENT, "idle",
-                              "--port", str(self.port(target)), "--n", str(n)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              "--port", str(self.port(target)), "--n", str(n), *extra],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         try:
             ready, _, _ = select.select([p.stdout], [], [], 180)
             line = p.stdout.readline().strip() if ready else "timeout"
@@ -592,8 +662,115 @@ class Bench:
              "rss_after_kib": after / 1024, "fds": fds}
         return m, {}
 
-    def warmup(self, targets):
+    # ------------------------------------------------------------------ TLS workloads
+    # The target is "simian", "haproxy" or "nginx"; the process measured is the TLS one,
+    # "<target>-tls" (ECDSA P-256) or "<target>-tls-rsa", on the same CPU as the plain one.
+
+    def tls_env(self):
+        """The environment of OpenSSL-based load generators: X25519 only (tls.py)."""
+        return dict(os.environ, OPENSSL_CONF=self.client_conf)
+
+    def hs_counts(self, name):
+        return tls.simian_handshakes(self.port(name)) if name.startswith("simian") else None
+
+    def add_hs_counts(self, name, m, before, conns):
+        """simian's own count of the handshakes of a run: full, resumed, failed. A load
+        generator that stops at the deadline leaves up to `conns` connections mid-handshake
+        (simian logs "closed before a ClientHello" or a reset): more than that is an error."""
+        after = self.hs_counts(name)
+        if not (before and after):
+            return
+        m["hs_full"] = after["success"] - before["success"] - 1  # the read of `after` was one
+        m["hs_resumed"] = after["resumed"] - before["resumed"]
+        m["hs_failed"] = after["failure"] - before["failure"]
+        if m["hs_failed"] > conns:
+            m["errors"] = (m.get("errors") or 0) + m["hs_failed"]
+            m["error_text"] = (m.get("error_text", "") + f" {m['hs_failed']} failed handshakes (simian; "
+                               f"see {name}.log)").strip()
+
+    def run_handshakes(self, name):
+        """hey -disable-keepalive: every GET on a new connection, a full handshake each
+        (Go's client keeps no session cache), closed-loop with --tls-clients workers."""
         a = self.args
+        self.drain_timewait()
+        before = self.hs_counts(name)
+        argv = ["hey", "-z", f"{a.duration:g}s", "-c", str(a.tls_clients), "-cpus", str(self.cores),
+                "-disable-keepalive", "-host", tls.SNI, f"https://127.0.0.1:{self.port(name)}/small"]
+        r, cpu = self.measured(name, argv, timeout=a.duration + 60)
+        res = tls.parse_hey(r.stdout)
+        if r.returncode != 0 or not res["total_s"]:
+            raise RuntimeError(f"hey failed ({r.returncode}):\n{r.stdout[-3000:]}")
+        m = {"rps": res["ok"] / res["total_s"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
+             "errors": res["errors"], "requests": res["ok"]}
+        if res.get("error_text"):
+            m["error_text"] = res["error_text"]
+        self.per_handshake(m, cpu, res["ok"])
+        self.add_hs_counts(name, m, before, a.tls_clients)
+        return m, cpu
+
+    @staticmethod
+    def per_handshake(m, cpu, n):
+        per_unit(m, cpu, n, "cpu_us_per_req")
+        if n:
+            m["load_us_per_req"] = cpu["load_cpu_s"] * 1e6 / n
+
+    def run_tls_handshake(self, target):
+        return self.run_handshakes(f"{target}-tls")
+
+    def run_tls_handshake_rsa(self, target):
+        return self.run_handshakes(f"{target}-tls-rsa")
+
+    def run_tls_resume(self, target):
+        """wrk with `Connection: close`: wrk keeps each connection's SSL object and session
+        across reconnects, so after its first handshake each connection resumes (TLS 1.3
+        ticket). simian's counters show the split; tls_info checks resumption on each."""
+        name = f"{target}-tls"
+        self.drain_timewait()
+        before = self.hs_counts(name)
+        res, cpu = self.wrk(name, "/small", 50, extra=("-H", "Connection: close"))
+        m = {"rps": res["rps"], "p50_us": res["p50_us"], "p99_us": res["p99_us"],
+             "errors": res["errors"], "requests": res["requests"]}
+        if res.get("error_text"):
+            m["error_text"] = res["error_text"]
+        self.per_handshake(m, cpu, res["requests"])
+        self.add_hs_counts(name, m, before, 50)
+        return m, cpu
+
+    def run_tls_ka_small(self, target):
+        return self.run_small(f"{target}-tls")
+
+    def run_tls_64m(self, target):
+        return self.run_64m(f"{target}-tls")
+
+    def run_tls_idle(self, target):
+        return self.run_idle(f"{target}-tls")
+
+    def collect_tls_info(self, targets):
+        """Once per run: what each TLS proxy negotiates with the load generators' OpenSSL
+        settings and with OpenSSL's defaults, and whether tickets resume."""
+        for t in tls.TLS_TARGETS:
+            for suffix in ("-tls", "-tls-rsa"):
+                name = t + suffix
+                if name not in self.servers or self.servers[name].proc is None:
+                    continue
+                port = self.port(name)
+                self.tls_info[name] = {
+                    "bench client (X25519 forced)": tls.s_client(port, self.client_conf),
+                    "openssl s_client defaults": tls.s_client(port),
+                    "TLS 1.3 ticket resumes": tls.resumption_check(port),
+                }
+                log(f"  {name}: {self.tls_info[name]['bench client (X25519 forced)']}; "
+                    f"resumption: {self.tls_info[name]['TLS 1.3 ticket resumes']}")
+
+    def warmup(self, targets, workloads=()):
+        a = self.args
+        for name in self.tls_servers(targets, workloads):  # keep-alive GETs, then resumptions
+            for extra in ((), ("-H", "Connection: close")):
+                subprocess.run(["taskset", "-c", self.load_cpus(), "wrk", "-t1", "-c50", f"-d{a.warmup:g}s",
+                                *extra, f"https://127.0.0.1:{self.port(name)}/small"], env=self.tls_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not any(w in PLAIN_WORKLOADS for w in workloads):
+            return
         for t in targets:
             url = f"http://127.0.0.1:{self.port(t)}/small"
             subprocess.run(["taskset", "-c", self.load_cpus(), "wrk", f"-t{self.cores}", "-c50",
@@ -605,13 +782,16 @@ class Bench:
     def run_phase(self, cores, workloads, targets):
         a = self.args
         log(f"== {cores} core(s): starting servers")
-        self.start_all(cores, targets)
-        self.warmup(targets)
-        results = {w: {t: [] for t in targets} for w in workloads}
+        self.start_all(cores, targets, workloads)
+        self.warmup(targets, workloads)
+        if any(w in tls.TLS_WORKLOADS for w in workloads):
+            self.collect_tls_info(targets)
+        tls_targets = [t for t in tls.TLS_TARGETS if t in targets]
+        results = {w: {t: [] for t in (tls_targets if w in tls.TLS_WORKLOADS else targets)} for w in workloads}
         for rep in range(a.runs):
             for w in workloads:
-                for t in targets:
-                    fn = getattr(self, "run_" + w)
+                for t in results[w]:
+                    fn = getattr(self, "run_" + w.replace("-", "_"))
                     try:
                         m, cpu = fn(t)
                         m.update({k: v for k, v in cpu.items()})
@@ -620,6 +800,12 @@ class Bench:
                         m = {"failed": str(e)[:2000]}
                     results[w][t].append(m)
                     log(f"  [{cores}c run {rep + 1}/{a.runs}] {w:6} {t:15} {brief(w, m)}")
+                    if "-tls" in t or w in tls.TLS_WORKLOADS:
+                        name = f"{t}-tls-rsa" if w == "tls-handshake-rsa" else f"{t}-tls"
+                        s = self.servers.get(name)
+                        if s and s.proc and s.proc.poll() is not None:
+                            log(f"  ! {name} exited with {s.proc.returncode}: restarting it\n{tail(s.logpath)}")
+                            self.restart(name)
                     time.sleep(a.pause)
         self.stop_all(keep_sink=True)
         return results
@@ -673,7 +859,9 @@ def brief(w, m):
     for k, f in (("rps", "{:.0f} req/s"), ("mibps", "{:.0f} MiB/s"), ("p99_us", "p99 {:.0f}us"),
                  ("cpu_us_per_req", "{:.1f} us CPU/req"), ("cpu_us_per_mib", "{:.0f} us CPU/MiB"),
                  ("rss_per_conn", "{:.0f} B/conn"), ("proxy_pct", "proxy {:.0f}%"), ("load_pct", "load {:.0f}%"),
-                 ("other_pct", "other {:.0f}%"), ("errors", "errors {}")):
+                 ("other_pct", "other {:.0f}%"), ("errors", "errors {}"), ("error_text", "({})"),
+                 ("load_us_per_req", "load {:.0f} us CPU/req"), ("hs_full", "simian: {} full"),
+                 ("hs_resumed", "{} resumed"), ("hs_failed", "{} failed handshakes")):
         if m.get(k) is not None and not (k == "errors" and m[k] == 0):
             parts.append(f.format(m[k]))
     return ", ".join(parts)
@@ -779,10 +967,15 @@ def tables(results, cores, targets, runs):
                                          [fmt(ratio["simian"], "r"), fmt(ratio["nginx"], "r"), tcell]) + " |")
     table1 = "\n".join(lines)
 
-    # CPU use: proxy / load side / per-CPU busy / others, medians, % of one core
+    table2 = cpu_use_table(results, cols, [w for w in results if w in PLAIN_WORKLOADS])
+    return table1, table2, checks
+
+
+def cpu_use_table(results, cols, workloads):
+    """CPU use: proxy / load side / per-CPU busy / others, medians, % of one core."""
     lines = ["| workload | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for w in results:
-        if w == "idle":
+    for w in workloads:
+        if w in ("idle", "tls-idle"):
             continue
         cells = []
         for t in cols:
@@ -800,21 +993,22 @@ def tables(results, cores, targets, runs):
                 parts.append(f"others {med['other_pct']:.0f}")
             cells.append(" · ".join(parts) if parts else "–")
         lines.append(f"| {WORKLOAD_TITLES[w]} | " + " | ".join(cells) + " |")
-    table2 = "\n".join(lines)
-    return table1, table2, checks
+    return "\n".join(lines)
 
 
-def saturation_notes(results, cores):
+def saturation_notes(results, cores, workloads=None):
     """A rule-of-thumb reading of what saturated, from the CPU medians."""
     notes = []
-    for w in results:
-        if w == "idle":
+    for w in (workloads if workloads is not None else [w for w in results if w in PLAIN_WORKLOADS]):
+        if w in ("idle", "tls-idle"):
             continue
         per = []
         for t in PROXIES:
             if t not in results[w]:
                 continue
             pp = median_of(results[w][t], "proxy_pct")
+            if pp is None:
+                continue
             lp = median_of(results[w][t], "load_pct")
             c0 = median_of(results[w][t], "cpu0_pct")
             c1 = median_of(results[w][t], "cpu1_pct")
@@ -837,6 +1031,113 @@ def saturation_notes(results, cores):
     return "\n".join(notes)
 
 
+# (workload, label, key, better, fmt); every TLS figure is given as simian ÷ HAProxy and
+# simian ÷ nginx (the same certificate, key exchange group and TLS 1.3 suite on all three)
+TLS_ROWS = []
+for _w, _what in (("tls-handshake", "full handshakes/s"), ("tls-handshake-rsa", "full handshakes/s"),
+                  ("tls-resume", "resumed handshakes/s")):
+    TLS_ROWS += [
+        (_w, _what, "rps", "high", "int"),
+        (_w, "p99 latency (µs)", "p99_us", "low", "int"),
+        (_w, "proxy CPU per handshake (µs)", "cpu_us_per_req", "low", "f1"),
+        (_w, "… of which user space (µs)", "cpu_us_per_req_user", "low", "f1"),
+        (_w, "… of which kernel (µs)", "cpu_us_per_req_sys", "low", "f1"),
+        (_w, "load side CPU per handshake (µs)", "load_us_per_req", "low", "int"),
+    ]
+TLS_ROWS += [
+    ("tls-ka-small", "req/s", "rps", "high", "int"),
+    ("tls-ka-small", "p50 latency (µs)", "p50_us", "low", "int"),
+    ("tls-ka-small", "p99 latency (µs)", "p99_us", "low", "int"),
+    ("tls-ka-small", "proxy CPU per request (µs)", "cpu_us_per_req", "low", "f1"),
+    ("tls-ka-small", "… of which user space (µs)", "cpu_us_per_req_user", "low", "f1"),
+    ("tls-ka-small", "… of which kernel (µs)", "cpu_us_per_req_sys", "low", "f1"),
+    ("tls-64m", "MiB/s", "mibps", "high", "int"),
+    ("tls-64m", "proxy CPU per MiB (µs)", "cpu_us_per_mib", "low", "int"),
+    ("tls-64m", "… of which user space (µs)", "cpu_us_per_mib_user", "low", "int"),
+    ("tls-64m", "… of which kernel (µs)", "cpu_us_per_mib_sys", "low", "int"),
+    ("tls-idle", "RSS growth per connection (B)", "rss_per_conn", "low", "int"),
+]
+
+
+def tls_tables(results):
+    """Markdown: the TLS figures with simian ÷ HAProxy and simian ÷ nginx, then the
+    handshakes as simian counted them."""
+    cols = [t for t in tls.TLS_TARGETS if any(t in results[w] for w in results if w in tls.TLS_WORKLOADS)]
+    head = ["workload", "metric"] + cols + ["simian ÷ HAProxy", "simian ÷ nginx"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(cols) + 2)) + "|"]
+    first_key = {}
+    for (w, _, key, *_rest) in TLS_ROWS:
+        first_key.setdefault(w, key)
+    for (w, label, key, better, how) in TLS_ROWS:
+        if w not in results:
+            continue
+        meds = {t: median_of(results[w].get(t, []), key) for t in cols}
+        if all(v is None for v in meds.values()):
+            continue
+        cells = []
+        for t in cols:
+            c = fmt(meds[t], how)
+            runs = results[w].get(t, [])
+            nerr = sum(1 for r in runs if r.get("errors") or "failed" in r)
+            if nerr and key == first_key[w]:
+                c += f" ({nerr}/{len(runs)} runs with errors: see raw runs)"
+            cells.append(c)
+        ratios = [fmt(meds["simian"] / meds[o], "r") if meds.get("simian") is not None and meds.get(o) else "–"
+                  for o in ("haproxy", "nginx")]
+        lines.append("| " + " | ".join([WORKLOAD_TITLES[w], label] + cells + ratios) + " |")
+    counts = []
+    for w in results:
+        runs = [r for r in results[w].get("simian", []) if "hs_full" in r]
+        if w in tls.TLS_WORKLOADS and runs:
+            per = "; ".join(f"{r['hs_full']:,} full, {r['hs_resumed']:,} resumed, {r['hs_failed']:,} failed"
+                            for r in runs)
+            counts.append(f"- {WORKLOAD_TITLES[w]}: {per} (run by run)")
+    return "\n".join(lines), "\n".join(counts)
+
+
+def tls_section(results, info, lib_lines, clients):
+    t1, counts = tls_tables(results)
+    wls = [w for w in results if w in tls.TLS_WORKLOADS]
+    cols = [t for t in tls.TLS_TARGETS if any(t in results[w] for w in wls)]
+    out = ["## TLS: the same layout, each proxy terminating TLS (one core)", "",
+           "Every proxy has the same self-signed ECDSA P-256 certificate made at start (RSA-2048 for "
+           "the RSA row), TLS 1.2 and 1.3 enabled, tickets on (their defaults; nginx also needs "
+           "`ssl_protocols TLSv1.2 TLSv1.3`, as 1.22 stops at 1.2 by default), and the same origin as "
+           "above over plain HTTP. No direct or spliced-HAProxy column: the origin speaks plain "
+           "HTTP, and TLS records cannot be spliced.", "",
+           "TLS libraries: **Debian's HAProxy and nginx link OpenSSL 3.0**, whose handshakes are "
+           "known to be slower than 1.1.1's and 3.x later releases'; simian uses rustls with aws-lc-rs.", ""]
+    out += [f"- {l}" for l in lib_lines] + [""]
+    out += ["Load generators and key exchange:", "",
+            f"- full handshakes: `hey -disable-keepalive -c {clients} -cpus 1 -host bench.test` (Go crypto/tls, "
+            "no session cache: every GET is a new TCP connection and a full TLS 1.3 handshake; the "
+            "client sends `Connection: close`). Go offers X25519, P-256, P-384, P-521 with an X25519 key "
+            "share and no post-quantum group, so X25519 is what every proxy negotiates (rustls would "
+            "prefer X25519MLKEM768, but no client here offers it).",
+            "- resumed handshakes: `wrk -c50 -H 'Connection: close'` over https: wrk keeps each "
+            "connection's OpenSSL session across reconnects, so after its first handshake each of the "
+            "50 connections resumes with a TLS 1.3 ticket (psk_dhe_ke: an X25519 exchange, no "
+            "certificate signature).",
+            f"- keep-alive GETs: wrk; 64 MiB and idle: bench/client.py (Python ssl). wrk, client.py "
+            f"and the probes below run with an OPENSSL_CONF offering only the {tls.GROUP} group and "
+            f"only {tls.CIPHERSUITE} for TLS 1.3 (HAProxy picks its own suite order otherwise).", "",
+            "What each proxy negotiated (openssl s_client -brief), and whether a ticket resumed "
+            "(Python ssl, session_reused):", ""]
+    for name, d in info.items():
+        out.append(f"- {name}: " + "; ".join(f"{k}: {v}" for k, v in d.items()))
+    out += ["", t1, ""]
+    if counts:
+        out += ["Handshakes as simian counted them (`simian_tls_handshakes_total`), which tells full "
+                "from resumed. \"failed\" up to the number of client connections are the handshakes the "
+                "load generator cut short when it stopped (simian logs \"closed before a ClientHello\"); "
+                "more would be flagged as errors in the table:", "", counts, ""]
+    if any(w != "tls-idle" for w in wls):
+        out += ["CPU use during the TLS runs (medians, % of one core; load = hey / wrk / client.py + origin):",
+                "", cpu_use_table(results, cols, wls), "",
+                "What saturated (rule of thumb: ≥90% busy):", "", saturation_notes(results, 1, wls), ""]
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -851,6 +1152,7 @@ def parse_args():
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     p.add_argument("--idle-conns", type=int, default=5000)
+    p.add_argument("--tls-clients", type=int, default=50, help="hey workers for the full-handshake workloads")
     p.add_argument("--simian-splice", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--nice", type=int, default=0,
                    help="niceness for everything the benchmark starts (e.g. -10 on a machine busy with "
@@ -897,6 +1199,8 @@ def main():
     if args.nice:
         os.nice(args.nice)  # inherited by every server and load generator started from here
     ver = versions(simian_bin, args.simian_desc)
+    if any(w in tls.TLS_WORKLOADS for w in args.workloads):
+        ver["tls"] = tls.version_lines(which("haproxy"), which("nginx"), REPO)
     bench = Bench(args, simian_bin)
     all_results = {}
     try:
@@ -913,7 +1217,7 @@ def main():
         bench.cleanup()
 
     finished = datetime.datetime.now(datetime.timezone.utc)
-    md = report(args, command, ver, started, finished, all_results)
+    md = report(args, command, ver, started, finished, all_results, bench.tls_info)
     print(md)
     if args.output:
         with open(args.output, "w") as f:
@@ -921,7 +1225,7 @@ def main():
         log(f"written to {args.output}")
 
 
-def report(args, command, ver, started, finished, all_results):
+def report(args, command, ver, started, finished, all_results, tls_info=None):
     out = ["# simian vs HAProxy vs nginx: benchmark results", ""]
     if args.note:
         out += [f"**{args.note}**", ""]
@@ -945,7 +1249,10 @@ def report(args, command, ver, started, finished, all_results):
         "- **Bold**: the better of the two HAProxy setups for that figure, which the ratios use.",
         "",
     ]
-    for cores, results in all_results.items():
+    for cores, all_res in all_results.items():
+        results = {w: r for w, r in all_res.items() if w in PLAIN_WORKLOADS}
+        if not results:
+            continue
         t1, t2, checks = tables(results, cores, args.targets, args.runs)
         if cores == 1:
             out += ["## One core: proxy alone on CPU 1, wrk / client / origin nginx / upload sink on CPU 0", ""]
@@ -960,6 +1267,9 @@ def report(args, command, ver, started, finished, all_results):
         if checks:
             met = sum(1 for c in checks if c[-1])
             out += [f"Issue 8 targets in this table: {met} of {len(checks)} met.", ""]
+    tls_results = {w: r for w, r in all_results.get(1, {}).items() if w in tls.TLS_WORKLOADS}
+    if tls_results:
+        out += tls_section(tls_results, tls_info or {}, ver.get("tls", []), args.tls_clients)
     out += ["## Raw runs", "", "<details><summary>every run (JSON)</summary>", "", "```json"]
     raw = {}
     for cores, results in all_results.items():
