@@ -77,7 +77,7 @@ pub fn try_write(s: &Stream, data: &[u8]) -> io::Result<usize> {
     try_write_plain(s, data)
 }
 
-pub(super) fn try_write_plain(s: &Stream, data: &[u8]) -> io::Result<usize> {
+fn try_write_plain(s: &Stream, data: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: reading `data.len()` bytes from a valid slice. MSG_NOSIGNAL: a peer
         // that went away must give EPIPE, not kill the process.

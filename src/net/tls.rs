@@ -86,12 +86,15 @@ impl Read for SockIo {
 
 impl Write for SockIo {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[io::IoSlice::new(data)])
+        send(self.fd(), data)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        // One sendmsg for all of rustls' pending records (a head and a small body
-        // are several records).
+        // One record (a response that fits in 16 KiB) is one buffer: send(2), whose
+        // kernel path is shorter than sendmsg's. Several go out in one sendmsg.
+        if let [one] = bufs {
+            return send(self.fd(), one);
+        }
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = bufs.len().min(1024) as _;
@@ -110,6 +113,28 @@ impl Write for SockIo {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+fn send(fd: std::os::fd::RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reading `data.len()` bytes from a valid slice. MSG_NOSIGNAL: a peer
+        // that went away must give EPIPE, not kill the process.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -172,7 +197,7 @@ async fn handshake(sock: &Stream, conn: &mut Connection, deadline: Instant) -> i
 }
 
 /// What a finished server handshake was, for the statistics.
-pub enum Accepted {
+pub enum Handshake {
     Full,
     Resumed,
 }
@@ -186,7 +211,7 @@ pub async fn accept(
     term: &Termination,
     http: bool,
     limit: Duration,
-) -> io::Result<(Stream, Accepted)> {
+) -> io::Result<(Stream, Handshake)> {
     let deadline = Instant::now() + limit;
     let mut acceptor = Acceptor::default();
     let accepted = loop {
@@ -224,15 +249,15 @@ pub async fn accept(
     let mut conn = Connection::Server(server);
     handshake(&sock, &mut conn, deadline).await?;
     let kind = match conn.handshake_kind() {
-        Some(HandshakeKind::Resumed) => Accepted::Resumed,
-        _ => Accepted::Full,
+        Some(HandshakeKind::Resumed) => Handshake::Resumed,
+        _ => Handshake::Full,
     };
     let client_subject = conn
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| crate::tls::certificate::subject_rfc4514(c.as_ref()))
         .map(String::into_boxed_str);
-    Ok((TlsStream::wrap(sock, conn, client_subject), kind))
+    Ok((TlsStream::wrap(sock, conn, client_subject, None), kind))
 }
 
 /// Speak TLS to a backend on a connected socket; a certificate that does not
@@ -247,18 +272,16 @@ pub async fn connect(
     let client = ClientConnection::new(config, name.clone()).map_err(tls_error)?;
     let mut conn = Connection::Client(client);
     handshake(&sock, &mut conn, deadline).await?;
-    let s = TlsStream::wrap(sock, conn, None);
-    Ok(match s {
-        Stream::Tls(mut t) => {
-            t.session.server_name = Some(name);
-            Stream::Tls(t)
-        }
-        other => other,
-    })
+    Ok(TlsStream::wrap(sock, conn, None, Some(name)))
 }
 
 impl TlsStream {
-    fn wrap(sock: Stream, conn: Connection, client_subject: Option<Box<str>>) -> Stream {
+    fn wrap(
+        sock: Stream,
+        conn: Connection,
+        client_subject: Option<Box<str>>,
+        server_name: Option<ServerName<'static>>,
+    ) -> Stream {
         let t = TlsStream {
             sock,
             session: TlsSession {
@@ -267,7 +290,7 @@ impl TlsStream {
                 eof: Cell::new(false),
                 closed: Cell::new(false),
                 client_subject,
-                server_name: None,
+                server_name,
             },
         };
         // Early data of the peer (a request sent with its Finished) may be decrypted

@@ -24,8 +24,8 @@ pub async fn terminate(w: &Worker, sock: Stream, peer: Peer, listen: &Address) -
     match Box::pin(tls::accept(sock, term, l.http, limit)).await {
         Ok((s, kind)) => {
             match kind {
-                tls::Accepted::Full => l.handshakes.success.fetch_add(1, Relaxed),
-                tls::Accepted::Resumed => l.handshakes.resumed.fetch_add(1, Relaxed),
+                tls::Handshake::Full => l.handshakes.success.fetch_add(1, Relaxed),
+                tls::Handshake::Resumed => l.handshakes.resumed.fetch_add(1, Relaxed),
             };
             Some(s)
         }
