@@ -34,7 +34,35 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// simian's own answers to HEAD (404 for no entry, 403 for the statistics) carry no
+/// body: on a kept connection, one would be read as the next response's start.
+fn head_to_simian_answers_has_no_body(d: Driver) {
+    let b = Backend::fixed("app\n");
+    let p = start(
+        d,
+        &conf(
+            "StatisticsURL /stats\nStatisticsAllow 10.0.0.0/8",
+            &[("^/app", &b.addr())],
+        ),
+    );
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    for (path, status) in [("/nothing", 404), ("/stats", 403)] {
+        c.send(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        let r = c.read_head_response();
+        assert_eq!(r.status, status, "HEAD {path}");
+        assert!(r.keep_alive(), "HEAD {path}: the connection stays open");
+        let next = c.get("/app");
+        assert_eq!(
+            (next.status, next.text()),
+            (200, "app\n".to_string()),
+            "after HEAD {path}"
+        );
+    }
+}
+
 per_driver!(
+    head_to_simian_answers_has_no_body,
     keepalive_client_side,
     keepalive_backend_pool_across_clients,
     routing_per_request,

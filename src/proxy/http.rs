@@ -316,7 +316,12 @@ async fn handle(
             crate::debug!("client {}: 404: no entry matches", show(peer));
             let close = !head.keep_alive || head.framing != BodyFraming::None;
             let mut out = w.bufs.take();
-            http::error_response(404, close, &mut out);
+            let head_len = http::error_response(404, close, &mut out);
+            if head.method == http::Method::Head {
+                // No body after a HEAD (RFC 9110 9.3.2): on a kept connection it
+                // would be read as the start of the next response.
+                out.truncate(head_len);
+            }
             let ok = nio::write_all(client, &out, config.global.idle_timeout)
                 .await
                 .is_ok();
