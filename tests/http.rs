@@ -34,6 +34,28 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// A TLS ClientHello on a plain listener gets 400 at its first bytes (a client
+/// that took the port for a TLS one), not a 408 at HeadTimeout.
+fn non_http_bytes_refused_at_once(d: Driver) {
+    let b = Backend::fixed("app\n");
+    let p = start(d, &conf1("HeadTimeout 10s", &b.addr()));
+    let hello = [
+        0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0, 0x03, 0x03, 0x00, 0x00,
+    ];
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    let t = std::time::Instant::now();
+    c.send(&hello);
+    let r = c.read_response();
+    assert_eq!(r.status, 400);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    c.expect_closed(Duration::from_secs(2));
+    // Empty lines before a request are still fine (RFC 9112 2.2).
+    let mut c = p.client();
+    c.send(b"\r\nGET / HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+}
+
 /// simian's own answers to HEAD (404 for no entry, 403 for the statistics) carry no
 /// body: on a kept connection, one would be read as the next response's start.
 fn head_to_simian_answers_has_no_body(d: Driver) {
@@ -62,6 +84,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    non_http_bytes_refused_at_once,
     head_to_simian_answers_has_no_body,
     keepalive_client_side,
     keepalive_backend_pool_across_clients,

@@ -114,6 +114,16 @@ pub fn head_may_be_complete(buf: &[u8], prev_len: usize) -> bool {
         .any(|i| matches!(tail.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..])))
 }
 
+/// True when `buf` cannot be the start of an HTTP/1 request: its first byte
+/// after the empty lines RFC 9112 2.2 lets a client send is not a method's token
+/// character (a TLS ClientHello starts with 0x16). Such bytes are refused at once
+/// instead of waiting for a head end that will never come.
+pub fn cannot_start_a_request(buf: &[u8]) -> bool {
+    buf.iter()
+        .find(|&&b| b != b'\r' && b != b'\n')
+        .is_some_and(|&b| !is_tchar(b))
+}
+
 /// One header line of a validated head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderLine<'a> {

@@ -204,7 +204,11 @@ async fn read_head(
     let mut before = 0;
     loop {
         if !buf.is_empty()
-            && (buf.len() > http::MAX_HEAD || http::head_may_be_complete(buf, before))
+            && (buf.len() > http::MAX_HEAD
+                || http::head_may_be_complete(buf, before)
+                // A TLS ClientHello (or other non-HTTP bytes) on a plain listener:
+                // refused at its first bytes, not at HeadTimeout.
+                || (before == 0 && http::cannot_start_a_request(buf)))
         {
             match http::parse_request(buf) {
                 Ok(h) => return Ok(h),
