@@ -34,6 +34,34 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// Bytes a backend sends after a complete response (here a second response, 100
+/// ms later) must not be taken by the next request on that pooled connection as
+/// its answer: that would hand one client's bytes to another.
+fn stray_backend_bytes_never_reach_the_next_client(d: Driver) {
+    let b = Backend::start(|r| match r.target.as_str() {
+        "/first" => Reply::Trickle(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst".to_vec(),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!".to_vec(),
+            ],
+            Duration::from_millis(100),
+        ),
+        _ => Reply::ok("clean"),
+    });
+    let p = Proxy::start_with(&conf1("", &b.addr()), Options::driver(d).threads(1));
+    let mut a = p.client();
+    a.set_timeout(Duration::from_secs(5));
+    assert_eq!(a.get("/first").text(), "first");
+    // The stray response is in the pooled connection by now, well within the
+    // half second a pooled connection used to be trusted without a look.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    for _ in 0..3 {
+        assert_eq!(c.get("/second").text(), "clean");
+    }
+}
+
 /// A TLS ClientHello on a plain listener gets 400 at its first bytes (a client
 /// that took the port for a TLS one), not a 408 at HeadTimeout.
 fn non_http_bytes_refused_at_once(d: Driver) {
@@ -84,6 +112,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    stray_backend_bytes_never_reach_the_next_client,
     non_http_bytes_refused_at_once,
     head_to_simian_answers_has_no_body,
     keepalive_client_side,

@@ -11,7 +11,7 @@ use crate::balance::{PickContext, Tried};
 use crate::config::{Balancer, Entry, StickyKind};
 use crate::context::live::{EntryRuntime, Live};
 use crate::context::Worker;
-use crate::http::{BodyFraming, RequestHead};
+use crate::http::RequestHead;
 use crate::net::connect::connect_server;
 use crate::net::listen::Peer;
 use crate::net::Stream;
@@ -30,8 +30,6 @@ struct Forward<'a> {
     rt: &'a EntryRuntime,
     /// Client-side stall limit (`IdleTimeout`).
     idle: Duration,
-    /// Could this request be sent again if a pooled connection turns out dead?
-    replayable: bool,
     sticky_key: Option<(StickyKind, u64)>,
     /// The balancer weighs servers by bytes moved or time busy.
     tracks_load: bool,
@@ -58,9 +56,6 @@ pub(super) async fn proxy(
         entry,
         rt: &live.entries[entry_index],
         idle: config.global.idle_timeout,
-        replayable: head.framing == BodyFraming::None
-            && !head.expect_continue
-            && head.method.is_idempotent(),
         sticky_key: entry.sticky.as_ref().and_then(|st| {
             crate::upstream::sticky::cookie_value(head.headers(buf), st.cookie.as_bytes())
                 .map(|v| (st.kind, crate::balance::stable_hash(v)))
@@ -191,7 +186,7 @@ impl Forward<'_> {
         if let Some(b) = (!fresh)
             .then(|| {
                 let tls = server.spec.tls.as_ref();
-                self.w.backends.take(addr, tls, self.replayable)
+                self.w.backends.take(addr, tls)
             })
             .flatten()
         {

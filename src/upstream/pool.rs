@@ -17,10 +17,6 @@ const MAX_IDLE_PER_SERVER: usize = 256;
 /// servers time idle keep-alive out around 5-75 s (nginx 75 s, Apache 5 s), and a
 /// request sent just as the server closes is the classic keep-alive race.
 const MAX_IDLE_MS: u64 = 4_000;
-/// A connection idle for less than this is reused without the MSG_PEEK liveness
-/// check (a syscall per request): a backend closing a keep-alive connection within
-/// half a second is rare, and an idempotent request that hits it is replayed.
-const PEEK_AFTER_MS: u64 = 500;
 
 #[derive(Default)]
 pub struct BackendPool {
@@ -30,15 +26,14 @@ pub struct BackendPool {
 impl BackendPool {
     /// A pooled connection to `addr` that still looks alive, newest first, spoken
     /// in plain (`tls` None) or over TLS to that name (one address may serve
-    /// several names). `replayable`: the request can be resent if the connection
-    /// turns out dead, so a recently used connection is trusted without a
-    /// liveness check.
-    pub fn take(
-        &self,
-        addr: &Address,
-        tls: Option<&ServerName<'static>>,
-        replayable: bool,
-    ) -> Option<Stream> {
+    /// several names).
+    ///
+    /// Every connection is looked at (one MSG_PEEK) before it is handed out,
+    /// however recently it was used: bytes a backend sent after its response (a
+    /// body after a HEAD, a second response) would otherwise be read as the next
+    /// request's answer, which may be another client's. Such a connection, or one
+    /// the backend closed, is dropped.
+    pub fn take(&self, addr: &Address, tls: Option<&ServerName<'static>>) -> Option<Stream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(addr)?;
         let now = now_ms();
@@ -53,7 +48,7 @@ impl BackendPool {
             if age >= MAX_IDLE_MS {
                 continue;
             }
-            if (replayable && age < PEEK_AFTER_MS) || !s.is_stale() {
+            if !s.is_stale() {
                 return Some(s);
             }
         }
