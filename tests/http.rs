@@ -34,6 +34,27 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// A 103 before the 100 under `Expect: 100-continue` is relayed as the interim
+/// answer it is; the 100 that follows still lets the body through.
+fn early_hints_before_100_continue(d: Driver) {
+    let b = Backend::start(|r| Reply::ok(&format!("got {}", r.body.len)));
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\
+          X-Test-Early-Hints: 1\r\n\r\n",
+    );
+    let r = c.read_head_response();
+    assert_eq!((r.status, r.get("Link")), (103, Some("</s.css>")));
+    let r = c.read_head_response();
+    assert_eq!(r.status, 100);
+    c.send(b"hello");
+    let r = c.read_response();
+    assert_eq!((r.status, r.text().as_str()), (200, "got 5"));
+    assert_eq!(c.get("/next").text(), "got 0");
+}
+
 /// Bytes a backend sends after a complete response (here a second response, 100
 /// ms later) must not be taken by the next request on that pooled connection as
 /// its answer: that would hand one client's bytes to another.
@@ -112,6 +133,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    early_hints_before_100_continue,
     stray_backend_bytes_never_reach_the_next_client,
     non_http_bytes_refused_at_once,
     head_to_simian_answers_has_no_body,

@@ -250,11 +250,21 @@ impl Exchange<'_> {
         out: &mut Vec<u8>,
         sent: &Sent,
     ) -> Result<Option<ResponseHead>, Fail> {
-        match read_response(self.backend, rbuf, false, self.bt.min(EXPECT_WAIT)).await {
-            Ok(rh) if rh.status == 100 => self.relay_interim(rbuf, &rh, out).await?,
-            Ok(rh) => return Ok(Some(rh)),
-            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {}
-            Err(e) => return Err(e.into_fail(false)),
+        let deadline = std::time::Instant::now() + self.bt.min(EXPECT_WAIT);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match read_response(self.backend, rbuf, false, left).await {
+                Ok(rh) if rh.status == 100 => {
+                    self.relay_interim(rbuf, &rh, out).await?;
+                    break;
+                }
+                // Other interim answers (103 Early Hints) are relayed and the wait
+                // goes on: they are not the backend's decision about the body.
+                Ok(rh) if rh.is_interim() => self.relay_interim(rbuf, &rh, out).await?,
+                Ok(rh) => return Ok(Some(rh)),
+                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => break,
+                Err(e) => return Err(e.into_fail(false)),
+            }
         }
         // The body: what came with the head first, then the socket.
         let in_buf = &buf[sent.body_start..sent.body_start + sent.in_buf];
