@@ -34,6 +34,54 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// A backend connect that fails because simian is out of file descriptors
+/// (EMFILE) answers 502 but does not count against the server: with
+/// `AttemptsCount 1` it would otherwise be offline (503) once fds are back.
+fn out_of_fds_is_not_the_servers_fault(d: Driver) {
+    let b = Backend::fixed("up\n");
+    let p = Proxy::start_with(
+        &conf1("AttemptsCount 1\nOfflineTimeOut 60s", &b.addr()),
+        Options::driver(d).threads(1),
+    );
+    let pid = p.pid().to_string();
+    // RLIMIT_NOFILE bounds fd numbers, and new fds take the lowest free ones: the
+    // second lowest free number as the limit leaves exactly one fd to open.
+    let second_free = || {
+        let used: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        (0..).filter(|n| !used.contains(n)).nth(1).unwrap()
+    };
+    // The soft limit only: lowering the hard one could not be undone.
+    let limit = |n: usize| {
+        let ok = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "prlimit failed");
+    };
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit (util-linux) not installed");
+        return;
+    }
+    // Room for the client's connection, none for the backend's.
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    limit(second_free());
+    let r = c.get_with("/a", "Connection: close\r\n");
+    limit(4096);
+    assert_eq!(r.status, 502, "{}", p.stderr());
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    assert_eq!(c.get("/b").text(), "up\n", "the server was taken offline");
+}
+
 /// A 103 before the 100 under `Expect: 100-continue` is relayed as the interim
 /// answer it is; the 100 that follows still lets the body through.
 fn early_hints_before_100_continue(d: Driver) {
@@ -133,6 +181,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    out_of_fds_is_not_the_servers_fault,
     early_hints_before_100_continue,
     stray_backend_bytes_never_reach_the_next_client,
     non_http_bytes_refused_at_once,

@@ -9,6 +9,16 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::Stream;
 use crate::config::Address;
 
+/// A connect that failed for a reason of this host, not of the server (out of
+/// fds, sockets, memory or local ports): it must not count against the server's
+/// availability, or a busy proxy would take healthy servers offline.
+pub fn local_failure(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Connect to a backend as its `ServerList` entry says: plain, or over TLS (the
 /// handshake within the same `timeout`; a certificate that does not verify is a
 /// failed connect).
@@ -71,4 +81,28 @@ pub async fn connect(addr: &Address, timeout: Duration) -> io::Result<Stream> {
         }
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_failures_are_not_the_servers() {
+        for code in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(local_failure(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        for code in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(
+                !local_failure(&io::Error::from_raw_os_error(code)),
+                "{code}"
+            );
+        }
+        assert!(!local_failure(&io::Error::other("certificate")));
+    }
 }

@@ -36,8 +36,11 @@ pub async fn forward_len(
     if n == 0 {
         return Ok(());
     }
-    if use_splice(mode, n, from, to) {
-        let mut pipe = w.pipes.take()?;
+    // No pipe (EMFILE, ENFILE): copied instead, the body is not cut for it.
+    let pipe = use_splice(mode, n, from, to)
+        .then(|| w.pipes.take().ok())
+        .flatten();
+    if let Some(mut pipe) = pipe {
         let r = splice::forward(from, to, &mut pipe, Some(n), t).await;
         w.pipes.give(pipe);
         r.map(|_| ())
@@ -57,8 +60,9 @@ pub async fn forward_to_eof(
     mode: SpliceMode,
     t: Duration,
 ) -> io::Result<u64> {
-    if mode != SpliceMode::Off && from.can_splice() && to.can_splice() {
-        let mut pipe = w.pipes.take()?;
+    let spliced = mode != SpliceMode::Off && from.can_splice() && to.can_splice();
+    // No pipe (EMFILE, ENFILE): copied instead, the body is not cut for it.
+    if let Some(mut pipe) = spliced.then(|| w.pipes.take().ok()).flatten() {
         let r = splice::forward(from, to, &mut pipe, None, t).await;
         w.pipes.give(pipe);
         r

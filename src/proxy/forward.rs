@@ -12,7 +12,7 @@ use crate::config::{Balancer, Entry, StickyKind};
 use crate::context::live::{EntryRuntime, Live};
 use crate::context::Worker;
 use crate::http::RequestHead;
-use crate::net::connect::connect_server;
+use crate::net::connect::{connect_server, local_failure};
 use crate::net::listen::Peer;
 use crate::net::Stream;
 use crate::proxy::exchange::{exchange, Done, Fail, Request};
@@ -206,7 +206,9 @@ impl Forward<'_> {
                 Ok((b, false))
             }
             Err(e) => {
-                server.connect_failed(&self.entry.availability, now_ms());
+                if !local_failure(&e) {
+                    server.connect_failed(&self.entry.availability, now_ms());
+                }
                 crate::warn!(
                     "entry {}: connect to {} failed: {e}",
                     self.entry.name,

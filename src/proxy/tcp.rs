@@ -76,7 +76,9 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
                 b
             }
             Err(e) => {
-                server.connect_failed(&entry.availability, now_ms());
+                if !crate::net::connect::local_failure(&e) {
+                    server.connect_failed(&entry.availability, now_ms());
+                }
                 crate::warn!(
                     "entry {}: connect to {} failed: {e}",
                     entry.name,

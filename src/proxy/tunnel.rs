@@ -67,12 +67,10 @@ async fn one_way(
             }
             // Move everything available now, then give the pipe or buffer back.
             let mut n = 0u64;
-            let mut pipe = if use_pipe {
-                Some(w.pipes.take()?)
-            } else {
-                None
-            };
-            let mut buf = if use_pipe { Vec::new() } else { w.bufs.take() };
+            // No pipe (EMFILE, ENFILE): this burst is copied instead.
+            let mut pipe = use_pipe.then(|| w.pipes.take().ok()).flatten();
+            let copied = pipe.is_none();
+            let mut buf = if copied { w.bufs.take() } else { Vec::new() };
             let burst: io::Result<bool> = async {
                 loop {
                     let step = match pipe.as_mut() {
@@ -97,7 +95,7 @@ async fn one_way(
             if let Some(p) = pipe {
                 w.pipes.give(p); // kept only if empty
             }
-            if !use_pipe {
+            if copied {
                 w.bufs.give(buf);
             }
             let eof = burst?;
