@@ -34,6 +34,36 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// `Content-Length: 5, 5` and `Transfer-Encoding: ,chunked` are accepted (RFC 9110
+/// 8.6, 5.6.1) but reach the backend as one canonical line each, so it cannot
+/// frame the body differently from simian.
+fn irregular_framing_forwarded_canonical(d: Driver) {
+    let b = Backend::start(|r| Reply::ok(&format!("got {}", r.body.len)));
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    let r = c.request(b"POST /cl HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\nhello");
+    assert_eq!(r.text(), "got 5");
+    let r = c.request(
+        b"POST /te HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: ,chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.text(), "got 5");
+    // Both requests, on whichever backend connections they took.
+    let all: String = b
+        .raw()
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).to_string())
+        .collect();
+    assert!(
+        all.contains("\r\nContent-Length: 5\r\n") && !all.contains("5, 5"),
+        "{all}"
+    );
+    assert!(
+        all.contains("\r\nTransfer-Encoding: chunked\r\n") && !all.contains(",chunked"),
+        "{all}"
+    );
+}
+
 /// A backend connect that fails because simian is out of file descriptors
 /// (EMFILE) answers 502 but does not count against the server: with
 /// `AttemptsCount 1` it would otherwise be offline (503) once fds are back.
@@ -181,6 +211,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    irregular_framing_forwarded_canonical,
     out_of_fds_is_not_the_servers_fault,
     early_hints_before_100_continue,
     stray_backend_bytes_never_reach_the_next_client,

@@ -221,10 +221,18 @@ pub(crate) struct TransferCodings {
     pub chunked_last: bool,
     pub chunked: bool,
     pub unknown: bool,
+    /// A coding other than chunked was listed.
+    pub other: bool,
+    /// Written with empty list elements (`,chunked`, an empty line), which a
+    /// backend may read its own way.
+    pub irregular: bool,
 }
 
 impl TransferCodings {
     pub fn add(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        self.irregular |= value
+            .split(|&b| b == b',')
+            .any(|item| trim_ows(item).is_empty());
         self.seen = true;
         for item in list_items(value) {
             self.any = true;
@@ -245,6 +253,7 @@ impl TransferCodings {
                 if !is_token(name) {
                     return Err("invalid transfer coding");
                 }
+                self.other = true;
                 self.chunked_last = false;
                 // identity was dropped by RFC 7230 and is only "reserved" in
                 // the IANA registry, so it counts as unknown like any other.

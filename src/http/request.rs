@@ -98,6 +98,10 @@ pub struct RequestHead {
     pub connection_options: bool,
     /// The lines forwarding leaves out (hop-by-hop, `X-Forwarded-*`).
     pub omit: Omit,
+    /// The framing field was written irregularly (`Content-Length: 5, 5`, twice,
+    /// `Transfer-Encoding: ,chunked`): it is forwarded as one canonical line, so
+    /// the backend cannot frame the body another way than simian did.
+    pub reframe: bool,
 }
 
 impl RequestHead {
@@ -183,6 +187,7 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
     let path = target_start + path.start..target_start + path.end;
 
     let mut content_length = None;
+    let mut cl_irregular = false;
     let mut codings = TransferCodings::default();
     let mut conn = ConnectionOptions::default();
     let mut host = None;
@@ -231,6 +236,7 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
             }
             10 if name.eq_ignore_ascii_case(b"connection") => conn.add(value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
+                cl_irregular |= content_length.is_some() || value.contains(&b',');
                 add_content_length(&mut content_length, value).map_err(Bad)?;
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
@@ -260,6 +266,11 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
         if codings.unknown {
             return Err(NotImplemented("unknown transfer coding"));
         }
+        if codings.irregular && codings.other {
+            // Only `chunked` alone is rewritten; a list of codings written
+            // irregularly is refused rather than forwarded as received.
+            return Err(Bad("irregular Transfer-Encoding list"));
+        }
         BodyFraming::Chunked
     } else {
         match content_length {
@@ -277,6 +288,13 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
     };
     // A field named in `Connection` is dropped too: only a scan finds it.
     omit.scan |= conn.other;
+    let reframe = match framing {
+        BodyFraming::Chunked => codings.irregular,
+        BodyFraming::ContentLength(_) => cl_irregular,
+        BodyFraming::None => false,
+    };
+    // The framing lines are left out by the line-by-line copy.
+    omit.scan |= reframe;
     Ok(RequestHead {
         head_len,
         start,
@@ -293,6 +311,7 @@ pub fn parse_request(buf: &[u8]) -> Result<RequestHead, RequestError> {
         host,
         connection_options: conn.other,
         omit,
+        reframe,
     })
 }
 

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use super::fields::{list_items, named_in_connection, Headers, Omit};
-use super::request::RequestHead;
+use super::request::{BodyFraming, RequestHead};
 use super::response::ResponseHead;
 
 /// Append an IP address as text: IPv4 without the `fmt` machinery, which costs
@@ -128,19 +128,38 @@ pub fn write_request_head(
 ) {
     out.clear();
     out.extend_from_slice(buf.get(head.start..head.headers_start).unwrap_or(&[]));
+    const SKIP: &[&[u8]] = &[
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-client-cert-subject",
+    ];
+    const SKIP_FRAMING: &[&[u8]] = &[
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-client-cert-subject",
+        b"content-length",
+        b"transfer-encoding",
+    ];
     copy_headers(
         buf,
         head.headers_start..head.head_len,
         &head.omit,
         head.connection_options,
         head.upgrade,
-        &[
-            b"x-forwarded-for",
-            b"x-forwarded-proto",
-            b"x-client-cert-subject",
-        ],
+        if head.reframe { SKIP_FRAMING } else { SKIP },
         out,
     );
+    if head.reframe {
+        match head.framing {
+            BodyFraming::ContentLength(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            BodyFraming::None => {}
+        }
+    }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if !info.keep_backend_alive {

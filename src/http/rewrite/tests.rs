@@ -331,3 +331,40 @@ mod omit_matches_scan {
         }
     }
 }
+
+#[test]
+fn irregular_framing_is_forwarded_as_one_canonical_line() {
+    let count = |s: &str, name: &str| {
+        s.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(name))
+            .count()
+    };
+    for req in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nX-A: 1\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nContent-Length: 5\r\n\r\n",
+    ] {
+        let out = forward(req, &info(true));
+        assert_eq!(count(&out, "content-length:"), 1, "{out}");
+        assert!(out.contains("\r\nContent-Length: 5\r\n"), "{out}");
+        assert!(out.contains("\r\nX-A: 1\r\n"), "{out}");
+    }
+    for req in [
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let out = forward(req, &info(true));
+        assert_eq!(count(&out, "transfer-encoding:"), 1, "{out}");
+        assert!(out.contains("\r\nTransfer-Encoding: chunked\r\n"), "{out}");
+    }
+    // A regular line is copied as it came (no rewrite, no scan).
+    let req = "POST / HTTP/1.1\r\nHost: a\r\ncontent-length:5\r\n\r\n";
+    let head = parse_request(req.as_bytes()).unwrap();
+    assert!(!head.reframe);
+    assert!(forward(req, &info(true)).contains("\r\ncontent-length:5\r\n"));
+    // Other codings written irregularly are refused, not guessed.
+    assert!(parse_request(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, ,chunked\r\n\r\n"
+    )
+    .is_err());
+}
