@@ -89,10 +89,16 @@ impl Live {
                     _ => Arc::new(RouteStats::new(workers, e.servers.len(), e.patterns.len())),
                 };
                 let sticky = match &e.sticky {
-                    Some(st) if st.kind == crate::config::StickyKind::Table => Some(
-                        old.and_then(|o| o.sticky.clone())
-                            .unwrap_or_else(|| Arc::new(StickyTable::new(st.timeout))),
-                    ),
+                    Some(st) if st.kind == crate::config::StickyKind::Table => {
+                        Some(match old.and_then(|o| o.sticky.clone()) {
+                            // Kept across the reload, with the reloaded timeout.
+                            Some(t) => {
+                                t.set_timeout(st.timeout);
+                                t
+                            }
+                            None => Arc::new(StickyTable::new(st.timeout)),
+                        })
+                    }
                     _ => None,
                 };
                 EntryRuntime {
@@ -137,5 +143,29 @@ impl Live {
     /// The `tls` listener at `addr`, if that address terminates TLS now.
     pub fn tls_listener(&self, addr: &crate::config::Address) -> Option<&TlsListener> {
         self.tls.iter().find(|t| t.addr == *addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(timeout: &str) -> Config {
+        Config::from_text(&format!(
+            "[PROXY_ENTRY]\nName app\nMatch ^/\nServerList 127.0.0.1:9\nStickyCookie SID\nStickyTimeout {timeout}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_sticky_table_with_the_new_timeout() {
+        let old = Live::build(config("30m"), None, 1);
+        let new = Live::build(config("2s"), Some(&old), 1);
+        let (a, b) = (
+            old.entries[0].sticky.as_ref().unwrap(),
+            new.entries[0].sticky.as_ref().unwrap(),
+        );
+        assert!(Arc::ptr_eq(a, b), "assignments survive the reload");
+        assert_eq!(b.timeout(), 2_000);
     }
 }

@@ -30,15 +30,29 @@ struct Shard {
 
 pub struct StickyTable {
     shards: Box<[Mutex<Shard>]>,
-    timeout_ms: u64,
+    /// Atomic: a reload keeps the table (its assignments) but sets the timeout
+    /// of the new configuration.
+    timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl StickyTable {
     pub fn new(timeout: std::time::Duration) -> StickyTable {
         StickyTable {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: (timeout.as_millis() as u64).into(),
         }
+    }
+
+    /// `StickyTimeout` of a reloaded configuration.
+    pub fn set_timeout(&self, timeout: std::time::Duration) {
+        self.timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn shard(&self, key: u64) -> &Mutex<Shard> {
@@ -49,7 +63,7 @@ impl StickyTable {
     pub fn get(&self, key: u64, now_ms: u64) -> Option<Arc<ServerState>> {
         let mut sh = self.shard(key).lock();
         let (s, used) = sh.map.get_mut(&key)?;
-        if now_ms.saturating_sub(*used) > self.timeout_ms {
+        if now_ms.saturating_sub(*used) > self.timeout_ms() {
             sh.map.remove(&key);
             return None;
         }
@@ -58,7 +72,7 @@ impl StickyTable {
     }
 
     pub fn assign(&self, key: u64, server: &Arc<ServerState>, now_ms: u64) {
-        let timeout = self.timeout_ms;
+        let timeout = self.timeout_ms();
         let mut sh = self.shard(key).lock();
         sh.map.insert(key, (server.clone(), now_ms));
         if sh.map.len() > SWEEP_AT.max(sh.swept_len * 2) {
@@ -66,6 +80,11 @@ impl StickyTable {
                 .retain(|_, (_, used)| now_ms.saturating_sub(*used) <= timeout);
             sh.swept_len = sh.map.len();
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn timeout(&self) -> u64 {
+        self.timeout_ms()
     }
 
     pub fn len(&self) -> usize {
