@@ -34,6 +34,28 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// A new connection that sends nothing is closed at HeadTimeout, not IdleTimeout:
+/// it would hold a GlobalMaxConnections slot that long. Once a request was
+/// served, the connection may idle for IdleTimeout.
+fn silent_new_connection_closed_at_head_timeout(d: Driver) {
+    let b = Backend::fixed("ok\n");
+    let p = start(d, &conf1("HeadTimeout 1s\nIdleTimeout 30s", &b.addr()));
+    let mut silent = p.client();
+    let t = std::time::Instant::now();
+    // TCP_DEFER_ACCEPT hands the connection over after 1 s without data.
+    silent.expect_closed(Duration::from_secs(6));
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    assert_eq!(c.get("/a").text(), "ok\n");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        c.get("/b").text(),
+        "ok\n",
+        "idle for IdleTimeout once a request was served"
+    );
+}
+
 /// `Content-Length: 5, 5` and `Transfer-Encoding: ,chunked` are accepted (RFC 9110
 /// 8.6, 5.6.1) but reach the backend as one canonical line each, so it cannot
 /// frame the body differently from simian.
@@ -211,6 +233,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    silent_new_connection_closed_at_head_timeout,
     irregular_framing_forwarded_canonical,
     out_of_fds_is_not_the_servers_fault,
     early_hints_before_100_continue,

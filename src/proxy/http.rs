@@ -26,7 +26,12 @@ use crate::upstream::clock::now_ms;
 /// GET, measured A/B), and a connection idle for long gives up this whole future
 /// when it parks, so its size no longer decides what an idle connection costs.
 /// Bodies, tunnels and slow writes stay boxed in `exchange`: most requests have none.
-pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
+///
+/// `fresh`: a new connection, which must send its first request within
+/// `HeadTimeout` (as nginx's `client_header_timeout`), not `IdleTimeout`: a
+/// connection that sends nothing would hold a `GlobalMaxConnections` slot that long.
+/// A parked connection coming back has served requests already.
+pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer, fresh: bool) {
     // Bytes of the next request already read (pipelining), if any. HTTP
     // listeners defer accept until the first bytes are in, so a new connection
     // is read at once, without a readiness round trip; one that still has
@@ -44,6 +49,7 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
             }
         }
     }
+    let mut served_one = !fresh;
     loop {
         let buf = match carry.take() {
             Some(b) if !b.is_empty() => b,
@@ -51,7 +57,14 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
                 if let Some(b) = other {
                     w.bufs.give(b);
                 }
-                let idle = w.live.load().config.global.idle_timeout;
+                let idle = {
+                    let g = &w.live.load().config.global;
+                    if served_one {
+                        g.idle_timeout
+                    } else {
+                        g.idle_timeout.min(g.head_timeout)
+                    }
+                };
                 if w.shutdown.started() {
                     return;
                 }
@@ -72,7 +85,10 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer) {
             }
         };
         match request(w, &client, peer, buf).await {
-            Some(rest) => carry = Some(rest),
+            Some(rest) => {
+                carry = Some(rest);
+                served_one = true;
+            }
             None => return,
         }
     }

@@ -244,6 +244,8 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
 /// What a connection task runs.
 enum Kind {
     Http,
+    /// A parked keep-alive connection whose next request (or EOF) arrived.
+    Resumed,
     /// An http connection on a `tls` listener: the handshake comes first.
     HttpTls(Address),
     /// A tcp entry's connection, by the address it was accepted on.
@@ -268,10 +270,11 @@ fn spawn_connection(
         // Each kind boxed at its own size: an idle HTTP connection must not carry
         // the (larger) state of a tcp tunnel.
         let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> = match &kind {
-            Kind::Http => Box::pin(crate::proxy::http::serve(&w2, stream, peer)),
+            Kind::Http => Box::pin(crate::proxy::http::serve(&w2, stream, peer, true)),
+            Kind::Resumed => Box::pin(crate::proxy::http::serve(&w2, stream, peer, false)),
             Kind::HttpTls(addr) => Box::pin(async {
                 if let Some(s) = crate::proxy::tls::terminate(&w2, stream, peer, addr).await {
-                    crate::proxy::http::serve(&w2, s, peer).await;
+                    crate::proxy::http::serve(&w2, s, peer, true).await;
                 }
             }),
             Kind::Tcp(addr) => Box::pin(crate::proxy::tcp::serve(&w2, stream, peer, addr)),
@@ -314,7 +317,7 @@ async fn resume_parked(w: Rc<Worker>) {
             match crate::net::Stream::from_fd(p.fd, p.tcp) {
                 Ok(stream) => {
                     let stream = crate::net::Stream::rejoin(stream, p.tls);
-                    spawn_connection(&w, stream, p.peer, Kind::Http)
+                    spawn_connection(&w, stream, p.peer, Kind::Resumed)
                 }
                 Err(e) => {
                     crate::warn!("worker {}: cannot resume a parked connection: {e}", w.id);
