@@ -817,6 +817,48 @@ fn ipv6_listener_and_backend() {
 
 /// A unix-socket listener next to a TCP one, and a unix-socket backend next to a
 /// TCP one; bodies and keep-alive across all four combinations.
+/// A second simian on a unix socket path a running one listens on refuses to
+/// start (it used to remove the socket and take the path over); a stale socket
+/// file left by a dead process is replaced as before.
+#[test]
+fn unix_listener_not_taken_from_a_running_process() {
+    let b = Backend::fixed("first\n");
+    let p = start(
+        Driver::Uring,
+        &format!(
+            "[PROXY_DEFAULTS]\nListen unix:@DIR@/s.sock\n[PROXY_ENTRY]\nMatch ^/\nServerList {}\n",
+            b.addr()
+        ),
+    );
+    let sock = p.dir.join("s.sock");
+    let conf = p.dir.join("second.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[PROXY_DEFAULTS]\nListen unix:{}\n[PROXY_ENTRY]\nMatch ^/\nServerList 127.0.0.1:9\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simian"))
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("running process"), "{err}");
+    let mut c = Client::unix(&sock);
+    c.set_timeout(Duration::from_secs(5));
+    assert_eq!(c.get("/").text(), "first\n", "the first keeps its socket");
+    // A stale socket file (nobody listening) is still replaced.
+    let stale = p.dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let l = simian::net::listen::Listener::bind(&simian::config::Address::Unix(stale.clone()));
+    assert!(l.is_ok(), "{:?}", l.err());
+}
+
 fn unix_sockets(d: Driver) {
     let dir = temp_dir("unix");
     let ub = Backend::start_unix(dir.join("backend.sock"), |r| {

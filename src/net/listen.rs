@@ -74,10 +74,17 @@ impl Listener {
                 s
             }
             Address::Unix(p) => {
-                // A stale socket file from a previous run would make bind fail.
+                // A stale socket file from a previous run would make bind fail;
+                // one a running process still accepts on is not ours to take.
                 if let Ok(meta) = std::fs::symlink_metadata(p) {
                     use std::os::unix::fs::FileTypeExt;
                     if meta.file_type().is_socket() {
+                        if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AddrInUse,
+                                "a running process is listening on this socket",
+                            ));
+                        }
                         let _ = std::fs::remove_file(p);
                     }
                 }
