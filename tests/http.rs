@@ -840,13 +840,27 @@ fn unix_listener_not_taken_from_a_running_process() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simian"))
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_simian"))
         .arg("-c")
         .arg(&conf)
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Bounded: a simian that took the socket over would run on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
     assert!(err.contains("running process"), "{err}");
     let mut c = Client::unix(&sock);
     c.set_timeout(Duration::from_secs(5));
