@@ -34,6 +34,34 @@ fn start(d: Driver, config: &str) -> Proxy {
     Proxy::start_with(config, Options::driver(d))
 }
 
+/// At GlobalMaxConnections, idle (parked) keep-alive connections are closed to
+/// make room for a new one instead of holding it in the backlog for IdleTimeout.
+fn idle_connections_give_way_at_the_limit(d: Driver) {
+    let b = Backend::fixed("ok\n");
+    let p = Proxy::start_with(
+        &conf1("GlobalMaxConnections 2\nIdleTimeout 60s", &b.addr()),
+        Options::driver(d).threads(1),
+    );
+    let mut idle: Vec<Client> = (0..2).map(|_| p.client()).collect();
+    for c in &mut idle {
+        c.set_timeout(Duration::from_secs(5));
+        assert_eq!(c.get("/a").text(), "ok\n");
+    }
+    // Idle long enough to be parked (500 ms).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    let t = std::time::Instant::now();
+    assert_eq!(c.get("/new").text(), "ok\n");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let closed = idle
+        .iter_mut()
+        .map(|c| c.read_until_close(Duration::from_millis(500)).is_ok())
+        .filter(|&closed| closed)
+        .count();
+    assert!(closed >= 1, "no idle connection gave way");
+}
+
 /// A new connection that sends nothing is closed at HeadTimeout, not IdleTimeout:
 /// it would hold a GlobalMaxConnections slot that long. Once a request was
 /// served, the connection may idle for IdleTimeout.
@@ -233,6 +261,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    idle_connections_give_way_at_the_limit,
     silent_new_connection_closed_at_head_timeout,
     irregular_framing_forwarded_canonical,
     out_of_fds_is_not_the_servers_fault,

@@ -173,6 +173,29 @@ impl Parking {
         n
     }
 
+    /// Close up to `n` parked connections, to make room for new ones when the
+    /// process is at `GlobalMaxConnections` (nginx drains its reusable
+    /// connections the same way); returns how many.
+    pub fn close_some(&self, n: usize) -> usize {
+        let ep = self.ep.as_raw_fd();
+        let mut conns = self.conns.borrow_mut();
+        let victims: Vec<RawFd> = conns.keys().take(n).copied().collect();
+        for fd in &victims {
+            if let Some(slot) = conns.remove(fd) {
+                if let Some(tls) = &slot.tls {
+                    tls.close_notify_fd(*fd);
+                }
+                // DEL first, as in `expire`: the driver may still hold the original fd.
+                // SAFETY: the set owned `fd`; closed once.
+                unsafe {
+                    libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, *fd, std::ptr::null_mut());
+                    libc::close(*fd);
+                }
+            }
+        }
+        victims.len()
+    }
+
     /// Close every parked connection (shutdown); returns how many.
     pub fn close_all(&self) -> usize {
         let ep = self.ep.as_raw_fd();

@@ -189,6 +189,10 @@ async fn stopped(w: &Worker, stop: &Cell<bool>) {
     }
 }
 
+/// Parked connections closed at once when `GlobalMaxConnections` is reached and
+/// a new connection waits (nginx frees up to 32 reusable connections).
+const RECLAIM_AT_LIMIT: usize = 16;
+
 async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Cell<bool>>) {
     loop {
         monoio::select! {
@@ -210,6 +214,13 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
             let max = w.live.load().config.global.global_max_connections;
             if max.is_some_and(|m| before >= u64::from(m)) {
                 PROCESS.client_connections.fetch_sub(1, Relaxed);
+                // Idle keep-alive connections give way to new ones: close a few
+                // parked ones and accept again.
+                let closed = w.parked.close_some(RECLAIM_AT_LIMIT);
+                if closed > 0 {
+                    w.count_out_parked(closed);
+                    continue;
+                }
                 monoio::time::sleep(Duration::from_millis(5)).await;
                 break;
             }
