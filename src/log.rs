@@ -89,3 +89,12 @@ macro_rules! warn { ($($a:tt)*) => { $crate::log_at!($crate::log::Level::Warn, $
 macro_rules! info { ($($a:tt)*) => { $crate::log_at!($crate::log::Level::Info, $($a)*) }; }
 #[macro_export]
 macro_rules! debug { ($($a:tt)*) => { $crate::log_at!($crate::log::Level::Debug, $($a)*) }; }
+
+/// True at most once per wall-clock second for `last` (a caller's own static):
+/// for messages that a failing resource would repeat for every request.
+pub fn once_a_second(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::stats::counters::unix_now();
+    let prev = last.load(Relaxed);
+    prev != now && last.compare_exchange(prev, now, Relaxed, Relaxed).is_ok()
+}

@@ -115,7 +115,7 @@ fn irregular_framing_forwarded_canonical(d: Driver) {
 }
 
 /// A backend connect that fails because simian is out of file descriptors
-/// (EMFILE) answers 502 but does not count against the server: with
+/// (EMFILE) answers 503 (the server is not at fault) and does not count against it: with
 /// `AttemptsCount 1` it would otherwise be offline (503) once fds are back.
 fn out_of_fds_is_not_the_servers_fault(d: Driver) {
     let b = Backend::fixed("up\n");
@@ -156,7 +156,7 @@ fn out_of_fds_is_not_the_servers_fault(d: Driver) {
     limit(second_free());
     let r = c.get_with("/a", "Connection: close\r\n");
     limit(4096);
-    assert_eq!(r.status, 502, "{}", p.stderr());
+    assert_eq!(r.status, 503, "{}", p.stderr());
     let mut c = p.client();
     c.set_timeout(Duration::from_secs(5));
     assert_eq!(c.get("/b").text(), "up\n", "the server was taken offline");
@@ -258,6 +258,18 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
             "after HEAD {path}"
         );
     }
+    // 502 for a server that refuses: the head, then the close, no body.
+    let dead = DeadPort::new();
+    let p = start(d, &conf("", &[("^/down", &dead.addr())]));
+    let mut c = p.client();
+    c.send(b"HEAD /down HTTP/1.1\r\nHost: test\r\n\r\n");
+    let all = c.expect_closed(Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a body after the head: {text:?}"
+    );
 }
 
 per_driver!(

@@ -113,8 +113,8 @@ pub fn config_text(a: &ForwardArgs) -> Result<String, String> {
     let _ = writeln!(t, "    ServerList {}", servers.join(" "));
     let _ = writeln!(t, "    LoadBalancer {}", balancer_name(&a.balance));
     match a.idle_timeout.as_deref() {
-        // fproxy -t0: no idle timeout; a year is as good as never here.
-        Some("0") => t.push_str("    IdleTimeout 365d\n"),
+        // fproxy -t0: no idle timeout; 30 days (the longest duration) is as good as never.
+        Some("0") => t.push_str("    IdleTimeout 30d\n"),
         Some(d) => {
             let _ = writeln!(t, "    IdleTimeout {d}");
         }

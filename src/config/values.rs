@@ -21,22 +21,23 @@ pub fn count(text: &str, min: u64, max: u64) -> Result<u64, String> {
     Ok(n)
 }
 
-/// The longest duration a key takes: a year. Deadlines are computed as now plus
-/// the duration, in milliseconds and as `Instant`s; far larger values overflowed
-/// them (a panic, or a deadline in the past) while passing `--check`.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest duration a key takes: 30 days (SPEC section 12). Deadlines are
+/// computed as now plus the duration, in milliseconds and as `Instant`s; far larger
+/// values overflowed them (a panic, or a deadline in the past) while passing
+/// `--check`.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// humantime, or a bare integer meaning seconds (Monkey wrote `OfflineTimeOut 60`).
 pub fn duration(text: &str) -> Result<Duration, String> {
     let d = if text.bytes().all(|b| b.is_ascii_digit()) {
         text.parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|_| format!("duration `{text}` is too large (at most 365d)"))?
+            .map_err(|_| format!("duration `{text}` is too large (at most 30d)"))?
     } else {
         humantime::parse_duration(text).map_err(|e| format!("invalid duration `{text}`: {e}"))?
     };
     if d > MAX_DURATION {
-        return Err(format!("duration `{text}` is too large (at most 365d)"));
+        return Err(format!("duration `{text}` is too large (at most 30d)"));
     }
     Ok(d)
 }

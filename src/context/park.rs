@@ -173,13 +173,19 @@ impl Parking {
         n
     }
 
-    /// Close up to `n` parked connections, to make room for new ones when the
+    /// Close up to `n` parked connections, oldest first, to make room for new ones when the
     /// process is at `GlobalMaxConnections` (nginx drains its reusable
     /// connections the same way); returns how many.
     pub fn close_some(&self, n: usize) -> usize {
         let ep = self.ep.as_raw_fd();
         let mut conns = self.conns.borrow_mut();
-        let victims: Vec<RawFd> = conns.keys().take(n).copied().collect();
+        // Oldest first: the earliest IdleTimeout deadline was parked first.
+        let mut by_age: Vec<(u64, RawFd)> = conns.iter().map(|(fd, s)| (s.deadline, *fd)).collect();
+        if by_age.len() > n {
+            by_age.select_nth_unstable(n);
+            by_age.truncate(n);
+        }
+        let victims: Vec<RawFd> = by_age.into_iter().map(|(_, fd)| fd).collect();
         for fd in &victims {
             if let Some(slot) = conns.remove(fd) {
                 if let Some(tls) = &slot.tls {

@@ -11,7 +11,7 @@ use crate::balance::{PickContext, Tried};
 use crate::config::{Balancer, Entry, StickyKind};
 use crate::context::live::{EntryRuntime, Live};
 use crate::context::Worker;
-use crate::http::RequestHead;
+use crate::http::{Method, RequestHead};
 use crate::net::connect::{connect_server, local_failure};
 use crate::net::listen::Peer;
 use crate::net::Stream;
@@ -67,6 +67,8 @@ pub(super) async fn proxy(
     };
     let mut tried = Tried::new(f.rt.servers.len());
     let mut any_available = false;
+    // Every connect that failed failed for a reason of this host (no fds...).
+    let mut all_local = true;
     let mut last_error = String::from("no server available");
     let mut first_pick = true;
     loop {
@@ -88,10 +90,24 @@ pub(super) async fn proxy(
         any_available = true;
         match f.attempt(i, probe, buf).await {
             Ok(served) => return served,
-            Err(connect_error) => last_error = connect_error,
+            Err(u) => {
+                last_error = u.why;
+                all_local &= u.local;
+            }
         }
     }
-    f.unavailable(any_available, last_error).await
+    f.unavailable(any_available, any_available && all_local, last_error)
+        .await
+}
+
+/// When a local connect failure was last logged (unix seconds).
+static LOCAL_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Why a server could not be reached.
+struct Unreached {
+    why: String,
+    /// This host's fault (out of fds, ports, memory), not the server's.
+    local: bool,
 }
 
 impl Forward<'_> {
@@ -121,7 +137,7 @@ impl Forward<'_> {
     /// Run the request on server `i`, whose slot the caller holds. `Err` when the
     /// server could not be reached (why, for the 502 if no other server can): the
     /// caller tries the next one. Any other failure is answered here.
-    async fn attempt(&self, i: usize, probe: bool, buf: &mut Vec<u8>) -> Result<Served, String> {
+    async fn attempt(&self, i: usize, probe: bool, buf: &mut Vec<u8>) -> Result<Served, Unreached> {
         let server = &self.rt.servers[i];
         let started_ms = if self.tracks_load { now_ms() } else { 0 };
         let mut fresh_retry = false;
@@ -151,7 +167,8 @@ impl Forward<'_> {
                         show(self.peer),
                         server.spec.text
                     );
-                    send_error(self.client, status, "", self.w).await;
+                    let head_only = self.head.method == Method::Head;
+                    send_error(self.client, status, "", head_only, self.w).await;
                     return Ok(Served {
                         server: Some(i),
                         ..Served::simian(status, None)
@@ -181,7 +198,7 @@ impl Forward<'_> {
         &self,
         server: &ServerState,
         fresh: bool,
-    ) -> Result<(Stream, bool), String> {
+    ) -> Result<(Stream, bool), Unreached> {
         let addr = &server.spec.addr;
         if let Some(b) = (!fresh)
             .then(|| {
@@ -206,15 +223,29 @@ impl Forward<'_> {
                 Ok((b, false))
             }
             Err(e) => {
-                if !local_failure(&e) {
+                let local = local_failure(&e);
+                if local {
+                    // Logged at most once a second: under fd exhaustion every
+                    // request would log it.
+                    if crate::log::once_a_second(&LOCAL_FAILURE_LOGGED) {
+                        crate::warn!(
+                            "entry {}: connect to {} failed on this host: {e} (not counted against the server)",
+                            self.entry.name,
+                            server.spec.text
+                        );
+                    }
+                } else {
                     server.connect_failed(&self.entry.availability, now_ms());
+                    crate::warn!(
+                        "entry {}: connect to {} failed: {e}",
+                        self.entry.name,
+                        server.spec.text
+                    );
                 }
-                crate::warn!(
-                    "entry {}: connect to {} failed: {e}",
-                    self.entry.name,
-                    server.spec.text
-                );
-                Err(format!("connect to {}: {e}", server.spec.text))
+                Err(Unreached {
+                    why: format!("connect to {}: {e}", server.spec.text),
+                    local,
+                })
             }
         }
     }
@@ -260,8 +291,10 @@ impl Forward<'_> {
 
     /// No server took the request: 503 when none could (offline or at
     /// MaxConnections), 502 with the last connect error when some could.
-    async fn unavailable(&self, any_available: bool, last_error: String) -> Served {
-        let (status, extra) = if any_available {
+    /// `local`: every server was reached for but this host could not connect
+    /// (out of fds, ports, memory): 503, the servers are not at fault.
+    async fn unavailable(&self, any_available: bool, local: bool, last_error: String) -> Served {
+        let (status, extra) = if any_available && !local {
             (502, "")
         } else {
             (503, "Retry-After: 1\r\n")
@@ -276,7 +309,8 @@ impl Forward<'_> {
             self.entry.name,
             show(self.peer)
         );
-        send_error(self.client, status, extra, self.w).await;
+        let head_only = self.head.method == Method::Head;
+        send_error(self.client, status, extra, head_only, self.w).await;
         Served::simian(status, None)
     }
 }

@@ -110,7 +110,7 @@ async fn request(w: &Rc<Worker>, client: &Stream, peer: Peer, mut buf: Vec<u8>) 
         }
         Err(HeadError::Reject(status, why)) => {
             crate::info!("client {}: {status}: {why}", show(peer));
-            Box::pin(send_error(client, status, "", w)).await;
+            Box::pin(send_error(client, status, "", false, w)).await;
             w.bufs.give(buf);
             return None;
         }
@@ -270,9 +270,20 @@ async fn read_head(
     }
 }
 
-pub(super) async fn send_error(client: &Stream, status: u16, extra_headers: &str, w: &Worker) {
+/// An error page, then the connection closes. `head_only`: the request was a
+/// HEAD, whose answer has no body (RFC 9110 9.3.2).
+pub(super) async fn send_error(
+    client: &Stream,
+    status: u16,
+    extra_headers: &str,
+    head_only: bool,
+    w: &Worker,
+) {
     let mut out = w.bufs.take();
-    http::error_response_with(status, true, extra_headers, &mut out);
+    let head_len = http::error_response_with(status, true, extra_headers, &mut out);
+    if head_only {
+        out.truncate(head_len);
+    }
     let _ = nio::write_all(client, &out, Duration::from_secs(5)).await;
     w.bufs.give(out);
 }
