@@ -120,7 +120,10 @@ fn irregular_framing_forwarded_canonical(d: Driver) {
 fn out_of_fds_is_not_the_servers_fault(d: Driver) {
     let b = Backend::fixed("up\n");
     let p = Proxy::start_with(
-        &conf1("AttemptsCount 1\nOfflineTimeOut 60s", &b.addr()),
+        &conf1(
+            "AttemptsCount 1\nOfflineTimeOut 60s\nStatisticsURL /stats",
+            &b.addr(),
+        ),
         Options::driver(d).threads(1),
     );
     let pid = p.pid().to_string();
@@ -160,6 +163,11 @@ fn out_of_fds_is_not_the_servers_fault(d: Driver) {
     let mut c = p.client();
     c.set_timeout(Duration::from_secs(5));
     assert_eq!(c.get("/b").text(), "up\n", "the server was taken offline");
+    let m = c.get("/stats").text();
+    assert!(
+        m.contains("simian_local_errors_total{cause=\"fds\"} 1\n"),
+        "{m}"
+    );
 }
 
 /// A 103 before the 100 under `Expect: 100-continue` is relayed as the interim

@@ -225,6 +225,7 @@ impl Forward<'_> {
             Err(e) => {
                 let local = local_failure(&e);
                 if local {
+                    crate::stats::counters::PROCESS.local_error(e.raw_os_error());
                     // Logged at most once a second: under fd exhaustion every
                     // request would log it.
                     if crate::log::once_a_second(&LOCAL_FAILURE_LOGGED) {

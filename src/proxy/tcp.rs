@@ -76,7 +76,9 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
                 b
             }
             Err(e) => {
-                if !crate::net::connect::local_failure(&e) {
+                if crate::net::connect::local_failure(&e) {
+                    crate::stats::counters::PROCESS.local_error(e.raw_os_error());
+                } else {
                     server.connect_failed(&entry.availability, now_ms());
                 }
                 crate::warn!(

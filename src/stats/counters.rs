@@ -114,6 +114,25 @@ pub struct ProcessStats {
     pub client_connections: AtomicU64,
     /// Of those, the idle ones parked (see `context::park`).
     pub parked_connections: AtomicU64,
+    /// Backend connects that failed for a reason of this host, by cause
+    /// (`simian_local_errors_total`): out of fds (EMFILE, ENFILE), out of local
+    /// ports (EADDRNOTAVAIL), out of memory or buffers (ENOMEM, ENOBUFS).
+    pub local_errors: [AtomicU64; 3],
+}
+
+/// Labels of `ProcessStats::local_errors`, in order.
+pub const LOCAL_ERROR_CAUSES: [&str; 3] = ["fds", "ports", "memory"];
+
+impl ProcessStats {
+    /// Count a local failure by its errno.
+    pub fn local_error(&self, errno: Option<i32>) {
+        let i = match errno {
+            Some(libc::EMFILE | libc::ENFILE) => 0,
+            Some(libc::EADDRNOTAVAIL) => 1,
+            _ => 2,
+        };
+        self.local_errors[i].fetch_add(1, Relaxed);
+    }
 }
 
 /// The one process's numbers.
@@ -123,6 +142,7 @@ pub static PROCESS: ProcessStats = ProcessStats {
     last_reload_ok: AtomicU64::new(0),
     client_connections: AtomicU64::new(0),
     parked_connections: AtomicU64::new(0),
+    local_errors: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
 };
 
 pub fn unix_now() -> u64 {

@@ -17,3 +17,4 @@ pub const LAST_RELOAD: &str = "simian_config_last_reload_success_timestamp_secon
 pub const BUILD_INFO: &str = "simian_build_info";
 pub const TLS_HANDSHAKES: &str = "simian_tls_handshakes_total";
 pub const TLS_CERT_EXPIRY: &str = "simian_tls_certificate_expiry_timestamp_seconds";
+pub const LOCAL_ERRORS: &str = "simian_local_errors_total";

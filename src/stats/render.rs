@@ -161,6 +161,16 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
             vec![gauge(&[], p.parked_connections.load(Relaxed) as f64)],
         ),
         family(
+            LOCAL_ERRORS,
+            "Backend connects that failed for a reason of this host (not counted against servers), by cause.",
+            COUNTER,
+            super::counters::LOCAL_ERROR_CAUSES
+                .iter()
+                .zip(&p.local_errors)
+                .map(|(cause, n)| counter(&[("cause", cause)], n.load(Relaxed)))
+                .collect(),
+        ),
+        family(
             SERVER_UP,
             "1 when the server is available, 0 when offline.",
             GAUGE,
