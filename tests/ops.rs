@@ -23,6 +23,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use util::metrics::sample;
 use util::{free_port, pattern_vec, temp_dir, Backend, Client, Conn, Reply, Response, Wire};
 
 // ---------------------------------------------------------------------------
@@ -327,68 +328,6 @@ fn wait_lines(path: &Path, n: usize, within: Duration) -> Vec<String> {
 /// Bytes the client received for a response (head and body).
 fn wire_len(r: &Response) -> u64 {
     r.head.raw.len() as u64 + r.body.len
-}
-
-/// One Prometheus text sample: name, labels (sorted), value.
-type Sample = (String, Vec<(String, String)>, f64);
-
-/// Parse one Prometheus text sample line.
-fn parse_sample(line: &str) -> Option<Sample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let end = line.find(['{', ' '])?;
-    let name = line[..end].to_string();
-    let mut rest = &line[end..];
-    let mut labels = Vec::new();
-    if let Some(r) = rest.strip_prefix('{') {
-        rest = r;
-        loop {
-            rest = rest.trim_start_matches(',');
-            if let Some(r) = rest.strip_prefix('}') {
-                rest = r;
-                break;
-            }
-            let eq = rest.find('=')?;
-            let key = rest[..eq].trim().to_string();
-            let mut chars = rest[eq + 1..].strip_prefix('"')?.char_indices();
-            let mut value = String::new();
-            let close = loop {
-                match chars.next()? {
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        c => value.push(c),
-                    },
-                    (i, '"') => break i,
-                    (_, c) => value.push(c),
-                }
-            };
-            rest = &rest[eq + 1..][1 + close + 1..];
-            labels.push((key, value));
-        }
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    labels.sort();
-    Some((name, labels, value))
-}
-
-/// The value of the sample `name` with exactly these labels.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    text.lines()
-        .filter_map(parse_sample)
-        .find(|(n, l, _)| n == name && *l == want)
-        .map(|(_, _, v)| v)
 }
 
 /// Days since 1970-01-01 of a civil date (the inverse of the log's formatter).

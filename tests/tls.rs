@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use util::metrics::{sample, samples};
 use util::tls::{
-    client_hello, connect, get_once, installed, run, s_client, sample, samples, unix_date, Ca,
-    ClientOpts, Dir, Leaf, Run, TlsBackend, TlsInfo, Validity, EXPIRED,
+    client_hello, connect, get_once, installed, run, s_client, unix_date, Ca, ClientOpts, Dir,
+    Leaf, Run, TlsBackend, TlsInfo, Validity, EXPIRED,
 };
 use util::{
     free_port, pattern_vec, per_driver, write_pattern, Backend, Body, Client, Driver, Options,
