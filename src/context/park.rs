@@ -158,7 +158,7 @@ impl Parking {
             if !keep {
                 n += 1;
                 if let Some(tls) = &slot.tls {
-                    tls.close_notify_fd(*fd);
+                    tls.close_notify_on(*fd);
                 }
                 // Explicitly: closing leaves the set only once no other fd shares
                 // the socket, and the driver may still hold the original briefly.
@@ -189,7 +189,7 @@ impl Parking {
         for fd in &victims {
             if let Some(slot) = conns.remove(fd) {
                 if let Some(tls) = &slot.tls {
-                    tls.close_notify_fd(*fd);
+                    tls.close_notify_on(*fd);
                 }
                 // DEL first, as in `expire`: the driver may still hold the original fd.
                 // SAFETY: the set owned `fd`; closed once.

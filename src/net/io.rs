@@ -19,21 +19,17 @@ pub fn try_read(s: &Stream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> 
     }
     let room = (buf.capacity() - buf.len()).min(max.max(1));
     let len = buf.len();
+    let n = recv(s.fd(), &mut buf.spare_capacity_mut()[..room])?;
+    // SAFETY: recv initialised exactly `n` bytes of the spare capacity.
+    unsafe { buf.set_len(len + n) };
+    Ok(n)
+}
+
+/// A syscall that returns a count or -1, run again when a signal interrupted it.
+pub(super) fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // recv, not read: read(2) on a socket goes through the VFS layers first
-        // (measured with perf: its kernel path cost ~35% more per call here).
-        // SAFETY: we write at most `room` bytes into the spare capacity, then set the
-        // length to cover exactly what the kernel wrote.
-        let n = unsafe {
-            libc::recv(
-                s.fd(),
-                buf.as_mut_ptr().add(len) as *mut libc::c_void,
-                room,
-                0,
-            )
-        };
+        let n = call();
         if n >= 0 {
-            unsafe { buf.set_len(len + n as usize) };
             return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
@@ -41,6 +37,31 @@ pub fn try_read(s: &Stream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> 
             return Err(e);
         }
     }
+}
+
+/// One recv(2) into `buf`.
+pub(super) fn recv(
+    fd: std::os::fd::RawFd,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+) -> io::Result<usize> {
+    // recv, not read: read(2) on a socket goes through the VFS layers first
+    // (measured with perf: its kernel path cost ~35% more per call here).
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    retry_eintr(|| unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) })
+}
+
+/// One send(2) of `data`. MSG_NOSIGNAL: a peer that went away must give EPIPE,
+/// not kill the process.
+pub(super) fn send(fd: std::os::fd::RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads `data.len()` bytes from a valid slice.
+    retry_eintr(|| unsafe {
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    })
 }
 
 /// Wait for readiness at most `t`; a stalled peer becomes a TimedOut error.
@@ -74,29 +95,7 @@ pub fn try_write(s: &Stream, data: &[u8]) -> io::Result<usize> {
     if let Stream::Tls(t) = s {
         return t.try_write(data);
     }
-    try_write_plain(s, data)
-}
-
-fn try_write_plain(s: &Stream, data: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: reading `data.len()` bytes from a valid slice. MSG_NOSIGNAL: a peer
-        // that went away must give EPIPE, not kill the process.
-        let n = unsafe {
-            libc::send(
-                s.fd(),
-                data.as_ptr() as *const libc::c_void,
-                data.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    send(s.fd(), data)
 }
 
 /// Write all of `data`.

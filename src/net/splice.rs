@@ -75,26 +75,17 @@ impl PipePool {
 }
 
 fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: plain syscall on fds we own; null offsets (sockets and pipes).
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: plain syscall on fds we own; null offsets (sockets and pipes).
+    super::io::retry_eintr(|| unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    })
 }
 
 fn would_block(e: &io::Error) -> bool {

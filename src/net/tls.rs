@@ -55,86 +55,36 @@ pub struct TlsSession {
 /// The socket as rustls' `io::Read`/`io::Write`: one nonblocking syscall each.
 struct SockIo(std::os::fd::RawFd);
 
-impl SockIo {
-    fn fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
 impl Read for SockIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: we write at most `buf.len()` bytes into `buf`.
-            let n = unsafe {
-                libc::recv(
-                    self.fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recv only
+        // writes initialised bytes into it.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        super::io::recv(self.0, buf)
     }
 }
 
 impl Write for SockIo {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        send(self.fd(), data)
+        super::io::send(self.0, data)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         // One record (a response that fits in 16 KiB) is one buffer: send(2), whose
         // kernel path is shorter than sendmsg's. Several go out in one sendmsg.
         if let [one] = bufs {
-            return send(self.fd(), one);
+            return super::io::send(self.0, one);
         }
+        // SAFETY: an all-zero msghdr is valid (no name, no control data).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = bufs.len().min(1024) as _;
-        loop {
-            // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
-            let n = unsafe { libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        // SAFETY: IoSlice is ABI-compatible with iovec; the slices outlive the call.
+        super::io::retry_eintr(|| unsafe { libc::sendmsg(self.0, &msg, libc::MSG_NOSIGNAL) })
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-fn send(fd: std::os::fd::RawFd, data: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: reading `data.len()` bytes from a valid slice. MSG_NOSIGNAL: a peer
-        // that went away must give EPIPE, not kill the process.
-        let n = unsafe {
-            libc::send(
-                fd,
-                data.as_ptr() as *const libc::c_void,
-                data.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     }
 }
 
@@ -342,9 +292,10 @@ impl TlsSession {
         self.conn.borrow().wants_write()
     }
 
-    /// Queue close_notify once and send what the socket takes now (RFC 8446 6.1:
-    /// without it a client cannot tell a close-delimited body from a cut one).
-    fn close_notify_on(&self, fd: std::os::fd::RawFd) {
+    /// Queue close_notify once and send what the socket `fd` takes now (RFC 8446
+    /// 6.1: without it a client cannot tell a close-delimited body from a cut one).
+    /// Also for the bare fd of a parked connection about to be closed.
+    pub fn close_notify_on(&self, fd: std::os::fd::RawFd) {
         let mut conn = self.conn.borrow_mut();
         if !self.closed.replace(true) {
             conn.send_close_notify();
@@ -354,11 +305,6 @@ impl TlsSession {
                 break;
             }
         }
-    }
-
-    /// close_notify on the bare fd of a parked connection about to be closed.
-    pub fn close_notify_fd(&self, fd: std::os::fd::RawFd) {
-        self.close_notify_on(fd);
     }
 }
 
