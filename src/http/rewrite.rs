@@ -263,10 +263,11 @@ pub fn status_text(status: u16) -> &'static str {
 }
 
 /// A complete simian-generated response with a one-line text body (the
-/// cause goes to the log, not to the client). Returns the head length, so
-/// that the answer to a HEAD request can be cut to `out[..head_len]`.
-pub fn error_response(status: u16, close: bool, out: &mut Vec<u8>) -> usize {
-    error_response_with(status, close, "", out)
+/// cause goes to the log, not to the client). `head_only`: the answer to a
+/// HEAD request, the head alone (RFC 9110 9.3.2: on a kept connection a body
+/// would be read as the start of the next response). Returns the head length.
+pub fn error_response(status: u16, close: bool, head_only: bool, out: &mut Vec<u8>) -> usize {
+    error_response_with(status, close, "", head_only, out)
 }
 
 /// Like [`error_response`] with `extra_headers`, complete lines each ending
@@ -275,6 +276,7 @@ pub fn error_response_with(
     status: u16,
     close: bool,
     extra_headers: &str,
+    head_only: bool,
     out: &mut Vec<u8>,
 ) -> usize {
     out.clear();
@@ -289,7 +291,9 @@ pub fn error_response_with(
          Connection: {connection}\r\n{extra_headers}\r\n"
     );
     let head_len = out.len();
-    let _ = writeln!(out, "{status} {text}");
+    if !head_only {
+        let _ = writeln!(out, "{status} {text}");
+    }
     head_len
 }
 

@@ -280,10 +280,7 @@ pub(super) async fn send_error(
     w: &Worker,
 ) {
     let mut out = w.bufs.take();
-    let head_len = http::error_response_with(status, true, extra_headers, &mut out);
-    if head_only {
-        out.truncate(head_len);
-    }
+    http::error_response_with(status, true, extra_headers, head_only, &mut out);
     let _ = nio::write_all(client, &out, Duration::from_secs(5)).await;
     w.bufs.give(out);
 }
@@ -347,12 +344,7 @@ async fn handle(
             crate::debug!("client {}: 404: no entry matches", show(peer));
             let close = !head.keep_alive || head.framing != BodyFraming::None;
             let mut out = w.bufs.take();
-            let head_len = http::error_response(404, close, &mut out);
-            if head.method == http::Method::Head {
-                // No body after a HEAD (RFC 9110 9.3.2): on a kept connection it
-                // would be read as the start of the next response.
-                out.truncate(head_len);
-            }
+            http::error_response(404, close, head.method == http::Method::Head, &mut out);
             let ok = nio::write_all(client, &out, config.global.idle_timeout)
                 .await
                 .is_ok();

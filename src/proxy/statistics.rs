@@ -28,12 +28,7 @@ pub async fn serve(
     let mut out = w.bufs.take();
     let keep = head.keep_alive && head.framing == http::BodyFraming::None;
     if !allowed {
-        let head_len = http::error_response(403, !keep, &mut out);
-        if head.method == http::Method::Head {
-            // RFC 9110 9.3.2: a HEAD answer has no body; on a kept connection one
-            // would be read as the start of the next response.
-            out.truncate(head_len);
-        }
+        http::error_response(403, !keep, head.method == http::Method::Head, &mut out);
     } else {
         let target = &buf[head.target.clone()];
         let query = target

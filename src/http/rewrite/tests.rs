@@ -161,7 +161,7 @@ fn response_interim_and_upgrade() {
 #[test]
 fn error_responses() {
     let mut out = Vec::new();
-    let head_len = error_response(502, true, &mut out);
+    let head_len = error_response(502, true, false, &mut out);
     let s = std::str::from_utf8(&out).unwrap();
     assert_eq!(
         s,
@@ -169,7 +169,11 @@ fn error_responses() {
          Connection: close\r\n\r\n502 Bad Gateway\n"
     );
     assert_eq!(&s[head_len..], "502 Bad Gateway\n");
-    let head_len = error_response_with(503, false, "Retry-After: 5\r\n", &mut out);
+    // To a HEAD: the same head (Content-Length of the body it would have), no body.
+    let full = out.clone();
+    let head_len = error_response(502, true, true, &mut out);
+    assert_eq!((out.len(), &out[..]), (head_len, &full[..head_len]));
+    let head_len = error_response_with(503, false, "Retry-After: 5\r\n", false, &mut out);
     let r = parse_response(&out, false).unwrap();
     assert_eq!((r.status, r.head_len, r.keep_alive), (503, head_len, true));
     assert!(std::str::from_utf8(&out)
@@ -178,7 +182,7 @@ fn error_responses() {
     for status in [
         400, 403, 404, 408, 413, 431, 500, 501, 502, 503, 504, 505, 599, 7, 65535,
     ] {
-        let head_len = error_response(status, true, &mut out);
+        let head_len = error_response(status, true, false, &mut out);
         let body = &out[head_len..];
         let cl = format!("Content-Length: {}\r\n", body.len());
         assert!(std::str::from_utf8(&out).unwrap().contains(&cl), "{status}");
