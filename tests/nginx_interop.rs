@@ -6,12 +6,10 @@
 mod util;
 
 use std::io::Read;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
+use util::nginx::Nginx;
 use util::*;
 
 fn installed(program: &str) -> bool {
@@ -30,95 +28,24 @@ fn installed(program: &str) -> bool {
 /// nginx as a backend: `/` answers a fixed text, `/big.bin` a static file, and
 /// the access log records what simian sent (forwarded headers, and which request
 /// of its connection each one was).
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(dir: &Path) -> Nginx {
-        let port = free_port();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n\
-               default_type application/octet-stream;\n\
-               log_format t '$request|$http_x_forwarded_for|$http_x_forwarded_proto|$connection_requests';\n\
-               access_log {d}/access.log t;\n\
-               client_body_temp_path {d}/client_body;\n\
-               proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n\
-               uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n\
-               keepalive_timeout 60s;\n\
-               keepalive_requests 1000;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 location = /big.bin {{ root {d}; }}\n\
-                 location / {{ return 200 \"nginx ok\\n\"; }}\n\
-               }}\n\
-             }}\n"
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("nginx.stderr")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn nginx");
-        let mut n = Nginx {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(st)) = n.child.try_wait() {
-                panic!("nginx exited ({st}): {}", n.logs());
-            }
-            assert!(Instant::now() < deadline, "nginx not up: {}", n.logs());
-            thread::sleep(Duration::from_millis(10));
-        }
-        n
-    }
-
-    fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        format!(
-            "stderr:\n{}\nerror.log:\n{}",
-            read("nginx.stderr"),
-            read("error.log")
-        )
-    }
-
-    /// Access log lines: `request|x-forwarded-for|x-forwarded-proto|connection_requests`.
-    fn access(&self) -> Vec<Vec<String>> {
-        std::fs::read_to_string(self.dir.join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split('|').map(str::to_string).collect())
-            .collect()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_nginx(dir: &Path) -> Nginx {
+    let d = dir.display();
+    Nginx::start(
+        dir,
+        "$request|$http_x_forwarded_for|$http_x_forwarded_proto|$connection_requests",
+        |port| {
+            format!(
+                "default_type application/octet-stream;\n\
+                 keepalive_timeout 60s;\n\
+                 keepalive_requests 1000;\n\
+                 server {{\n\
+                   listen 127.0.0.1:{port};\n\
+                   location = /big.bin {{ root {d}; }}\n\
+                   location / {{ return 200 \"nginx ok\\n\"; }}\n\
+                 }}"
+            )
+        },
+    )
 }
 
 /// Run curl with `args`; its stdout (the `-w` output). Fails the test on a
@@ -166,7 +93,7 @@ fn curl_simian_nginx() {
     let big_sha = sha256_hex(&big);
     std::fs::write(dir.join("big.bin"), &big).unwrap();
     drop(big);
-    let nginx = Nginx::start(&dir);
+    let nginx = start_nginx(&dir);
 
     for driver in DRIVERS {
         let p = Proxy::start_with(

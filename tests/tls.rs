@@ -15,15 +15,15 @@
 mod util;
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use util::metrics::{sample, samples};
+use util::nginx::Nginx;
 use util::tls::{
     client_hello, connect, get_once, installed, run, s_client, unix_date, Ca, ClientOpts, Dir,
     Leaf, Run, TlsBackend, TlsInfo, Validity, EXPIRED,
@@ -2002,95 +2002,27 @@ fn tls_statistics(driver: Driver) {
 // 12. nginx as a TLS backend
 // ---------------------------------------------------------------------------
 
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(dir: &Path, cert: &Path, key: &Path) -> Nginx {
-        let port = free_port();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n\
-               log_format t '$request|$ssl_server_name|$ssl_protocol|$connection_requests|$http_x_forwarded_proto';\n\
-               access_log {d}/access.log t;\n\
-               client_body_temp_path {d}/client_body;\n\
-               proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n\
-               uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n\
-               keepalive_timeout 60s;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port} ssl;\n\
-                 ssl_certificate {};\n\
-                 ssl_certificate_key {};\n\
-                 location / {{ return 200 \"nginx tls ok\\n\"; }}\n\
-               }}\n\
-             }}\n",
-            cert.display(),
-            key.display()
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("nginx.stderr")).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn nginx");
-        let mut n = Nginx {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(st)) = n.child.try_wait() {
-                panic!("nginx exited ({st}): {}", n.logs());
-            }
-            assert!(Instant::now() < deadline, "nginx not up: {}", n.logs());
-            thread::sleep(Duration::from_millis(10));
-        }
-        n
-    }
-
-    fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        format!(
-            "stderr:\n{}\nerror.log:\n{}",
-            read("nginx.stderr"),
-            read("error.log")
-        )
-    }
-
-    fn access(&self) -> Vec<Vec<String>> {
-        std::fs::read_to_string(self.dir.join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split('|').map(str::to_string).collect())
-            .collect()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// nginx answering over TLS with `cert`; its access log records the request, the
+/// SNI, the protocol, which request of its connection it was and the
+/// X-Forwarded-Proto simian sent.
+fn start_tls_nginx(dir: &Path, cert: &Path, key: &Path) -> Nginx {
+    Nginx::start(
+        dir,
+        "$request|$ssl_server_name|$ssl_protocol|$connection_requests|$http_x_forwarded_proto",
+        |port| {
+            format!(
+                "keepalive_timeout 60s;\n\
+                 server {{\n\
+                   listen 127.0.0.1:{port} ssl;\n\
+                   ssl_certificate {};\n\
+                   ssl_certificate_key {};\n\
+                   location / {{ return 200 \"nginx tls ok\\n\"; }}\n\
+                 }}",
+                cert.display(),
+                key.display()
+            )
+        },
+    )
 }
 
 #[test]
@@ -2101,7 +2033,7 @@ fn nginx_as_tls_backend() {
     }
     let pki = Pki::new();
     let ndir = Dir::new("tls-nginx");
-    let nginx = Nginx::start(
+    let nginx = start_tls_nginx(
         &ndir.0,
         &pki.dir.path("localhost.pem"),
         &pki.dir.path("localhost.key"),

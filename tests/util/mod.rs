@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub mod metrics;
+pub mod nginx;
 pub mod tls;
 
 /// Default read/write timeout of every test socket.
