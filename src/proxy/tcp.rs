@@ -28,7 +28,7 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
     };
     let entry = &live.config.entries[entry_index];
     let rt = &live.entries[entry_index];
-    let Some(client) = super::tls::terminate(w, client, peer, listen).await else {
+    let Some(client) = super::tls::terminate(&live, client, peer, listen).await else {
         return;
     };
     let idle = entry.timeouts.idle;

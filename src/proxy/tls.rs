@@ -5,15 +5,15 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::Address;
-use crate::context::Worker;
+use crate::context::live::Live;
 use crate::net::listen::Peer;
 use crate::net::{tls, Stream};
 
 /// The stream to serve: `sock` itself when `listen` does not terminate TLS (any
 /// more: a reload may have changed it), the TLS session once its handshake is
 /// done, `None` when the handshake failed (the connection is then closed).
-pub async fn terminate(w: &Worker, sock: Stream, peer: Peer, listen: &Address) -> Option<Stream> {
-    let live = w.live.load_full();
+/// `live`: the configuration the connection was accepted under.
+pub async fn terminate(live: &Live, sock: Stream, peer: Peer, listen: &Address) -> Option<Stream> {
     let (Some(l), Some(term)) = (live.tls_listener(listen), &live.config.global.tls) else {
         return Some(sock);
     };

@@ -284,7 +284,13 @@ fn spawn_connection(
             Kind::Http => Box::pin(crate::proxy::http::serve(&w2, stream, peer, true)),
             Kind::Resumed => Box::pin(crate::proxy::http::serve(&w2, stream, peer, false)),
             Kind::HttpTls(addr) => Box::pin(async {
-                if let Some(s) = crate::proxy::tls::terminate(&w2, stream, peer, addr).await {
+                // The configuration is held for the handshake only: each request
+                // loads the current one.
+                let tls = {
+                    let live = w2.live.load_full();
+                    crate::proxy::tls::terminate(&live, stream, peer, addr).await
+                };
+                if let Some(s) = tls {
                     crate::proxy::http::serve(&w2, s, peer, true).await;
                 }
             }),
