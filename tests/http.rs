@@ -114,6 +114,78 @@ fn irregular_framing_forwarded_canonical(d: Driver) {
     );
 }
 
+/// simian's soft fd limit, lowered and restored with prlimit(1).
+struct FdLimit {
+    pid: String,
+}
+
+impl FdLimit {
+    /// `None` (and a note) where prlimit is not installed.
+    fn of(p: &Proxy) -> Option<FdLimit> {
+        if std::process::Command::new("prlimit")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: prlimit (util-linux) not installed");
+            return None;
+        }
+        Some(FdLimit {
+            pid: p.pid().to_string(),
+        })
+    }
+
+    /// The soft limit only: lowering the hard one could not be undone.
+    fn set(&self, n: usize) {
+        let ok = std::process::Command::new("prlimit")
+            .args(["--pid", &self.pid, &format!("--nofile={n}:")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "prlimit failed");
+    }
+
+    /// Leave exactly one fd to open. RLIMIT_NOFILE bounds fd numbers, and new fds
+    /// take the lowest free ones: the second lowest free number is the limit.
+    fn leave_one(&self) {
+        let used: std::collections::HashSet<usize> =
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+        self.set((0..).filter(|n| !used.contains(n)).nth(1).unwrap());
+    }
+
+    fn restore(&self) {
+        self.set(4096);
+    }
+}
+
+/// A body to be spliced when no pipe can be made (pipe2 needs two fds, one is
+/// left) is copied instead, whole; it used to be cut.
+fn no_pipe_body_is_copied(d: Driver) {
+    let b = Backend::start(|r| match r.target.as_str() {
+        "/big" => Reply::Pattern(MIB as u64),
+        _ => Reply::ok("small\n"),
+    });
+    let p = Proxy::start_with(
+        &conf1("Splice on", &b.addr()),
+        Options::driver(d).threads(1),
+    );
+    let Some(fds) = FdLimit::of(&p) else {
+        return;
+    };
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    // The client and backend connections exist (pooled) before the limit.
+    assert_eq!(c.get("/small").text(), "small\n");
+    fds.leave_one();
+    let r = c.get("/big");
+    fds.restore();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_pattern(MIB as u64), "the body was cut or damaged");
+    assert_eq!(c.get("/small").text(), "small\n");
+}
+
 /// A backend connect that fails because simian is out of file descriptors
 /// (EMFILE) answers 503 (the server is not at fault) and does not count against it: with
 /// `AttemptsCount 1` it would otherwise be offline (503) once fds are back.
@@ -126,39 +198,16 @@ fn out_of_fds_is_not_the_servers_fault(d: Driver) {
         ),
         Options::driver(d).threads(1),
     );
-    let pid = p.pid().to_string();
-    // RLIMIT_NOFILE bounds fd numbers, and new fds take the lowest free ones: the
-    // second lowest free number as the limit leaves exactly one fd to open.
-    let second_free = || {
-        let used: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        (0..).filter(|n| !used.contains(n)).nth(1).unwrap()
-    };
-    // The soft limit only: lowering the hard one could not be undone.
-    let limit = |n: usize| {
-        let ok = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={n}:")])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "prlimit failed");
-    };
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: prlimit (util-linux) not installed");
+    let Some(fds) = FdLimit::of(&p) else {
         return;
-    }
+    };
     // Room for the client's connection, none for the backend's.
     let mut c = p.client();
     c.set_timeout(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(100));
-    limit(second_free());
+    fds.leave_one();
     let r = c.get_with("/a", "Connection: close\r\n");
-    limit(4096);
+    fds.restore();
     assert_eq!(r.status, 503, "{}", p.stderr());
     let mut c = p.client();
     c.set_timeout(Duration::from_secs(5));
@@ -281,6 +330,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    no_pipe_body_is_copied,
     idle_connections_give_way_at_the_limit,
     silent_new_connection_closed_at_head_timeout,
     irregular_framing_forwarded_canonical,
