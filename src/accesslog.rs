@@ -2,99 +2,87 @@
 //! (SPEC section 5), written without ever blocking a worker on the disk.
 //!
 //! Each worker formats lines into its own buffer (no lock, no syscall per
-//! request) and hands full buffers, or whatever it has every 500 ms, to one log
-//! thread over a channel; only that thread touches the file. A log thread rather
-//! than per-worker writes: a write(2) to a file can stall for milliseconds when the
-//! disk is busy, and a stalled worker stalls every connection it serves.
+//! request) and hands full buffers, or whatever it has every 500 ms, to the log
+//! thread (`logsink`): a bounded queue, so a slow disk costs dropped lines
+//! (counted), never a stalled worker.
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::Path;
 
-enum Msg {
-    Lines(Vec<u8>),
-    /// SIGHUP: reopen (logrotate moved the file), possibly at a new path.
-    Reopen(Option<PathBuf>),
-}
+use crate::logsink::{Sink, Target};
 
-static TX: OnceLock<flume::Sender<Msg>> = OnceLock::new();
-/// Written buffers on their way back to the workers, so a worker does not grow a
-/// fresh 64 KiB buffer (and the log thread free one) every 600 lines.
-static SPARE: OnceLock<Channel<Vec<u8>>> = OnceLock::new();
-
-type Channel<T> = (flume::Sender<T>, flume::Receiver<T>);
-
-/// A buffer for a worker's next lines: a returned one if any.
-pub fn spare_buffer() -> Vec<u8> {
-    SPARE
-        .get()
-        .and_then(|(_, rx)| rx.try_recv().ok())
-        .unwrap_or_else(|| Vec::with_capacity(FLUSH_AT + 4096))
-}
+static SINK: crate::logsink::Global = std::sync::OnceLock::new();
 
 /// Buffers bigger than this are handed over at once.
 pub const FLUSH_AT: usize = 64 * 1024;
+/// Batches queued for the log thread at most (about 4 MiB of lines); beyond that
+/// the disk is slower than the traffic and lines are dropped and counted.
+const QUEUED_BATCHES: usize = 64;
 
-/// Start the log thread (once per process). Lines are dropped while `path` is None.
-pub fn start(path: Option<PathBuf>) -> std::io::Result<()> {
-    let mut file = match &path {
-        Some(p) => Some(open(p)?),
-        None => None,
-    };
-    let (tx, rx) = flume::unbounded::<Msg>();
-    let _ = SPARE.set(flume::unbounded());
-    if TX.set(tx).is_err() {
-        reopen(path);
+/// Open the access log (nothing is written while `path` is None) and start its
+/// thread, once per process.
+pub fn start(path: Option<&Path>) -> std::io::Result<()> {
+    let target = target(path)?;
+    if let Some(s) = SINK.get() {
+        s.reopen(target);
         return Ok(());
     }
-    std::thread::Builder::new()
-        .name("simian-log".into())
-        .spawn(move || {
-            for m in rx.iter() {
-                match m {
-                    Msg::Lines(b) => {
-                        if let Some(f) = file.as_mut() {
-                            if let Err(e) = f.write_all(&b) {
-                                crate::error!("access log: {e}");
-                            }
-                        }
-                    }
-                    Msg::Reopen(path) => {
-                        file = match &path {
-                            Some(p) => match open(p) {
-                                Ok(f) => Some(f),
-                                Err(e) => {
-                                    crate::error!("cannot reopen access log {}: {e}", p.display());
-                                    None
-                                }
-                            },
-                            None => None,
-                        };
-                    }
-                }
-            }
-        })?;
+    let sink = Sink::start("simian-log", target, QUEUED_BATCHES, |e| {
+        crate::error!("access log: {e}")
+    })?;
+    let _ = SINK.set(sink);
     Ok(())
 }
 
-fn open(p: &std::path::Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)
-}
-
-pub fn reopen(path: Option<PathBuf>) {
-    if let Some(tx) = TX.get() {
-        let _ = tx.send(Msg::Reopen(path));
+fn target(path: Option<&Path>) -> std::io::Result<Target> {
+    match path {
+        Some(p) => Target::open(p),
+        None => Ok(Target::Discard),
     }
 }
 
-/// Hand a worker's buffer to the log thread.
+/// SIGHUP: reopen (logrotate moved the file), possibly at a new path.
+pub fn reopen(path: Option<&Path>) {
+    let Some(s) = SINK.get() else { return };
+    match target(path) {
+        Ok(t) => {
+            if !s.reopen(t) {
+                crate::error!("access log: the log thread is stuck; not reopened");
+            }
+        }
+        Err(e) => crate::error!(
+            "cannot reopen access log {}: {e}",
+            path.map_or("-".into(), |p| p.display().to_string())
+        ),
+    }
+}
+
+/// Hand a worker's buffer to the log thread; dropped (and counted) when it is
+/// behind.
 pub fn submit(lines: Vec<u8>) {
-    if let Some(tx) = TX.get() {
-        let _ = tx.send(Msg::Lines(lines));
+    if let Some(s) = SINK.get() {
+        s.submit(lines);
     }
+}
+
+/// A buffer for a worker's next lines: a returned one if any.
+pub fn spare_buffer() -> Vec<u8> {
+    match SINK.get() {
+        Some(s) => s.spare_buffer(FLUSH_AT + 4096),
+        None => Vec::with_capacity(FLUSH_AT + 4096),
+    }
+}
+
+/// Exit: write what is queued, waiting at most `within`.
+pub fn finish(within: std::time::Duration) {
+    if let Some(s) = SINK.get() {
+        s.finish(within);
+    }
+}
+
+/// Lines dropped because the log was slower than the traffic.
+pub fn dropped() -> u64 {
+    SINK.get().map_or(0, Sink::dropped)
 }
 
 /// What one line says.

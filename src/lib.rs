@@ -15,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod demo;
 pub mod http;
+pub mod logsink;
 pub mod net;
 pub mod proxy;
 pub mod route;

@@ -1,13 +1,16 @@
-//! The error log: leveled lines to stderr (or `ErrorLog`), off the hot path except
-//! for errors, which are rare by definition.
+//! The error log: leveled lines to stderr (or `ErrorLog`).
 //!
-//! Written by hand because it is twenty lines: a level check on an atomic and one
-//! `write` of a preformatted line (so lines from several workers never interleave).
+//! Written by hand because it is a level check on an atomic and a preformatted
+//! line (so lines from several workers never interleave). Once the server runs,
+//! lines go through a bounded queue to a log thread (`logsink`): a worker that
+//! logs never waits on the file, and when the file is slower than the errors,
+//! lines are dropped and counted. Before that (`--check`, start-up) and after the
+//! log thread finished, they are written directly.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
-use parking_lot::Mutex;
+use crate::logsink::{Sink, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -19,7 +22,10 @@ pub enum Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-static FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+static SINK: crate::logsink::Global = std::sync::OnceLock::new();
+/// Error lines queued at most; beyond that they are dropped and counted.
+const QUEUED_LINES: usize = 10_000;
+static FINISHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn set_level(name: &str) -> Result<(), String> {
     let l = match name.to_ascii_lowercase().as_str() {
@@ -37,19 +43,36 @@ pub fn set_level(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Send the log to a file instead of stderr (reopened on SIGHUP).
+/// Start the log thread writing to `path` (stderr when None), or switch an
+/// already started one to it (SIGHUP: logrotate moved the file).
 pub fn set_file(path: Option<&std::path::Path>) -> std::io::Result<()> {
-    let f = match path {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        ),
-        None => None,
+    let target = match path {
+        Some(p) => Target::open(p)?,
+        None => Target::Stderr,
     };
-    *FILE.lock() = f;
+    if let Some(s) = SINK.get() {
+        if !s.reopen(target) {
+            crate::error!("error log: the log thread is stuck; not reopened");
+        }
+        return Ok(());
+    }
+    // A failed write to the error log has nowhere better to be reported.
+    let _ = SINK.set(Sink::start("simian-errlog", target, QUEUED_LINES, |_| {})?);
     Ok(())
+}
+
+/// Exit: write what is queued, waiting at most `within`; later lines go
+/// directly to stderr.
+pub fn finish(within: std::time::Duration) {
+    if let Some(s) = SINK.get() {
+        s.finish(within);
+        FINISHED.store(true, Relaxed);
+    }
+}
+
+/// Lines dropped because the error log was slower than the errors.
+pub fn dropped() -> u64 {
+    SINK.get().map_or(0, Sink::dropped)
 }
 
 pub fn enabled(l: Level) -> bool {
@@ -65,9 +88,9 @@ pub fn write(l: Level, args: std::fmt::Arguments) {
         Level::Debug => "debug",
     };
     let line = format!("{now} simian[{}] {tag}: {args}\n", std::process::id());
-    match FILE.lock().as_mut() {
-        Some(f) => {
-            let _ = f.write_all(line.as_bytes());
+    match SINK.get().filter(|_| !FINISHED.load(Relaxed)) {
+        Some(s) => {
+            s.submit(line.into_bytes());
         }
         None => {
             let _ = std::io::stderr().write_all(line.as_bytes());

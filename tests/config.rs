@@ -864,9 +864,26 @@ fn sample_value(k: Key) -> &'static str {
         | Key::UnhealthyThreshold
         | Key::MaxConnections
         | Key::GlobalMaxConnections
+        | Key::StickyTableSize
         | Key::WaitBytes => "3",
         _ => "5s",
     }
+}
+
+#[test]
+fn sticky_table_size_is_bounded_and_inherited() {
+    let c = Config::from_text(&format!(
+        "[PROXY_DEFAULTS]\nStickyTableSize 5000\n{}",
+        entry("StickyCookie SID")
+    ))
+    .unwrap();
+    assert_eq!(c.entries[0].sticky.as_ref().unwrap().table_size, 5000);
+    let c = Config::from_text(&entry("StickyCookie SID")).unwrap();
+    assert_eq!(c.entries[0].sticky.as_ref().unwrap().table_size, 1_000_000);
+    let e = errors(&entry("StickyCookie SID\nStickyTableSize 0")).to_string();
+    assert!(e.contains("<text>:5:17"), "{e}");
+    let e = errors(&entry("StickyCookie SID\nStickyTableSize 99999999999")).to_string();
+    assert!(e.contains("<text>:5:17"), "{e}");
 }
 
 #[test]

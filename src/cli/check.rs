@@ -138,10 +138,11 @@ pub fn route_table(c: &Config) -> String {
         if let Some(s) = &e.sticky {
             let _ = writeln!(
                 o,
-                "  sticky:       cookie {} ({:?}), forgotten after {} idle",
+                "  sticky:       cookie {} ({:?}), forgotten after {} idle, at most {} assignments",
                 s.cookie,
                 s.kind,
-                d(s.timeout)
+                d(s.timeout),
+                s.table_size
             );
         }
     }

@@ -29,6 +29,7 @@ pub enum Key {
     GlobalMaxConnections,
     StickyCookie,
     StickyTimeout,
+    StickyTableSize,
     Mode,
     WaitBytes,
     Splice,
@@ -49,7 +50,7 @@ pub enum Place {
 }
 
 impl Key {
-    pub const ALL: [Key; 35] = [
+    pub const ALL: [Key; 36] = [
         Key::Listen,
         Key::TlsCertificate,
         Key::TlsKey,
@@ -76,6 +77,7 @@ impl Key {
         Key::GlobalMaxConnections,
         Key::StickyCookie,
         Key::StickyTimeout,
+        Key::StickyTableSize,
         Key::Mode,
         Key::WaitBytes,
         Key::Splice,
@@ -116,6 +118,7 @@ impl Key {
             Key::GlobalMaxConnections => "GlobalMaxConnections",
             Key::StickyCookie => "StickyCookie",
             Key::StickyTimeout => "StickyTimeout",
+            Key::StickyTableSize => "StickyTableSize",
             Key::Mode => "Mode",
             Key::WaitBytes => "WaitBytes",
             Key::Splice => "Splice",

@@ -136,6 +136,8 @@ pub struct Sticky {
     pub cookie: String,
     pub kind: StickyKind,
     pub timeout: Duration,
+    /// `StickyTableSize`: assignments the table holds at most (table mode).
+    pub table_size: u32,
 }
 
 /// Passive availability (Monkey's high availability), SPEC section 3.

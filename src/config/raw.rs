@@ -460,6 +460,7 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Rule::global_max_connections => Key::GlobalMaxConnections,
         Rule::sticky_cookie => Key::StickyCookie,
         Rule::sticky_timeout => Key::StickyTimeout,
+        Rule::sticky_table_size => Key::StickyTableSize,
         Rule::mode => Key::Mode,
         Rule::wait_bytes => Key::WaitBytes,
         Rule::splice => Key::Splice,
@@ -579,6 +580,7 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         | Key::UnhealthyThreshold
         | Key::MaxConnections
         | Key::GlobalMaxConnections
+        | Key::StickyTableSize
         | Key::WaitBytes
         | Key::Threads => Value::Count(first_str),
         Key::OfflineTimeOut

@@ -17,6 +17,8 @@ use super::{lint, values};
 use crate::route::Router;
 
 const MAX_WEIGHT: u64 = 1000;
+/// SPEC section 12: the sticky table is bounded whatever clients send.
+const DEFAULT_STICKY_TABLE_SIZE: u32 = 1_000_000;
 
 /// The directives of one section by key (validated for place and repetition).
 #[derive(Default)]
@@ -414,7 +416,7 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                         None,
                     );
                 }
-                for k in [Key::StickyCookie, Key::StickyTimeout] {
+                for k in [Key::StickyCookie, Key::StickyTimeout, Key::StickyTableSize] {
                     if let Some(d) = ek.one(k) {
                         r.error(
                             d.span,
@@ -475,6 +477,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                 timeout: r
                     .duration(ek.one(Key::StickyTimeout), true)
                     .unwrap_or(Duration::from_secs(30 * 60)),
+                table_size: r
+                    .count(pick(Key::StickyTableSize), 1, u32::MAX as u64)
+                    .map_or(DEFAULT_STICKY_TABLE_SIZE, |n| n as u32),
             }),
             _ => None,
         };

@@ -90,13 +90,15 @@ impl Live {
                 };
                 let sticky = match &e.sticky {
                     Some(st) if st.kind == crate::config::StickyKind::Table => {
+                        let size = st.table_size;
                         Some(match old.and_then(|o| o.sticky.clone()) {
-                            // Kept across the reload, with the reloaded timeout.
-                            Some(t) => {
+                            // Kept across the reload, with the reloaded timeout;
+                            // a new size starts a new table.
+                            Some(t) if t.capacity() == size.max(1) as usize => {
                                 t.set_timeout(st.timeout);
                                 t
                             }
-                            None => Arc::new(StickyTable::new(st.timeout)),
+                            _ => Arc::new(StickyTable::new(st.timeout, size)),
                         })
                     }
                     _ => None,

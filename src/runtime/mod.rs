@@ -216,7 +216,7 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
         .with_context(|| "cannot open the ErrorLog file".to_string())?;
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT])
         .context("cannot install signal handlers")?;
-    crate::accesslog::start(config.global.access_log.clone())
+    crate::accesslog::start(config.global.access_log.as_deref())
         .with_context(|| "cannot open the AccessLog file".to_string())?;
     let running = start(config, opts)?;
     if let Some(p) = &opts.pid_file {
@@ -244,13 +244,14 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
                 }
                 // Log files are reopened either way (logrotate moved them).
                 let g = &running.live.load().config.global;
-                crate::accesslog::reopen(g.access_log.clone());
+                crate::accesslog::reopen(g.access_log.as_deref());
                 if let Err(e) = crate::log::set_file(g.error_log.as_deref()) {
                     crate::error!("cannot reopen the error log: {e}");
                 }
             }
             SIGQUIT => {
                 crate::info!("SIGQUIT: exiting now");
+                crate::log::finish(std::time::Duration::from_millis(500));
                 std::process::exit(0);
             }
             _ => {
@@ -268,5 +269,11 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
     if let Some(p) = &opts.pid_file {
         let _ = std::fs::remove_file(p);
     }
+    // The workers handed over their last lines when they stopped; a log file
+    // that takes longer than this to take them is not worth hanging the exit for.
+    crate::accesslog::finish(LOG_FINISH);
+    crate::log::finish(LOG_FINISH);
     r
 }
+
+const LOG_FINISH: std::time::Duration = std::time::Duration::from_secs(5);

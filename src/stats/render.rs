@@ -58,9 +58,13 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
     let now = now_ms();
     let (mut req, mut dur, mut rx, mut tx, mut mat) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut up, mut act, mut fail, mut off, mut hc) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut sticky = vec![];
     for (e, rt) in c.entries.iter().zip(&live.entries) {
         let route = e.name.as_str();
         let s = &rt.stats;
+        if let Some(t) = &rt.sticky {
+            sticky.push(gauge(&[("route", route)], t.len() as f64));
+        }
         for (i, srv) in rt.servers.iter().enumerate() {
             let server = srv.spec.text.as_str();
             for (k, class) in CLASSES.iter().enumerate() {
@@ -169,6 +173,21 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
                 .zip(&p.local_errors)
                 .map(|(cause, n)| counter(&[("cause", cause)], n.load(Relaxed)))
                 .collect(),
+        ),
+        family(
+            STICKY_ENTRIES,
+            "Cookie-to-server assignments held in the route's sticky table.",
+            GAUGE,
+            sticky,
+        ),
+        family(
+            LOG_LINES_DROPPED,
+            "Log lines dropped because the log file was slower than the traffic, by log.",
+            COUNTER,
+            vec![
+                counter(&[("log", "access")], crate::accesslog::dropped()),
+                counter(&[("log", "error")], crate::log::dropped()),
+            ],
         ),
         family(
             SERVER_UP,

@@ -11,6 +11,7 @@
 //! away move.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -26,37 +27,75 @@ struct Shard {
     map: HashMap<u64, (Arc<ServerState>, u64)>,
     /// Size after the last sweep: sweep again when it doubled.
     swept_len: usize,
+    /// Assignments this shard holds at most (its part of `StickyTableSize`).
+    capacity: usize,
+}
+
+impl Shard {
+    /// Make room for one more assignment: forget the expired ones, and when the
+    /// shard is still full, the least recently used eighth at once, so the cost
+    /// of finding them (a linear pass) is paid once per eighth of the shard
+    /// rather than once per new cookie.
+    fn make_room(&mut self, now_ms: u64, timeout: u64) {
+        if self.map.len() > SWEEP_AT.max(self.swept_len * 2) || self.map.len() >= self.capacity {
+            self.map
+                .retain(|_, (_, used)| now_ms.saturating_sub(*used) <= timeout);
+            self.swept_len = self.map.len();
+        }
+        if self.map.len() < self.capacity {
+            return;
+        }
+        let mut used: Vec<u64> = self.map.values().map(|(_, u)| *u).collect();
+        let evict = (self.capacity / 8).max(1).min(used.len());
+        let (_, &mut cut, _) = used.select_nth_unstable(evict - 1);
+        // Ties at `cut` may take a few more than an eighth; never fewer than one.
+        self.map.retain(|_, (_, u)| *u > cut);
+        self.swept_len = self.map.len();
+    }
 }
 
 pub struct StickyTable {
     shards: Box<[Mutex<Shard>]>,
     /// Atomic: a reload keeps the table (its assignments) but sets the timeout
     /// of the new configuration.
-    timeout_ms: std::sync::atomic::AtomicU64,
+    timeout_ms: AtomicU64,
 }
 
 impl StickyTable {
-    pub fn new(timeout: std::time::Duration) -> StickyTable {
+    /// A table for at most `size` assignments (`StickyTableSize`).
+    pub fn new(timeout: std::time::Duration, size: u32) -> StickyTable {
+        let size = (size as usize).max(1);
+        let n = SHARDS.min(size);
         StickyTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..n)
+                .map(|i| {
+                    Mutex::new(Shard {
+                        capacity: size / n + usize::from(i < size % n),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
             timeout_ms: (timeout.as_millis() as u64).into(),
         }
     }
 
     /// `StickyTimeout` of a reloaded configuration.
     pub fn set_timeout(&self, timeout: std::time::Duration) {
-        self.timeout_ms.store(
-            timeout.as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.timeout_ms.store(timeout.as_millis() as u64, Relaxed);
     }
 
     fn timeout_ms(&self) -> u64 {
-        self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed)
+        self.timeout_ms.load(Relaxed)
+    }
+
+    /// The table's bound: a reload that changes `StickyTableSize` starts a new
+    /// table (assignments are hints; losing them moves clients once).
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().capacity).sum()
     }
 
     fn shard(&self, key: u64) -> &Mutex<Shard> {
-        &self.shards[(key as usize) % SHARDS]
+        &self.shards[(key as usize) % self.shards.len()]
     }
 
     /// The server assigned to `key`, if the assignment is fresh; touches it.
@@ -74,12 +113,10 @@ impl StickyTable {
     pub fn assign(&self, key: u64, server: &Arc<ServerState>, now_ms: u64) {
         let timeout = self.timeout_ms();
         let mut sh = self.shard(key).lock();
-        sh.map.insert(key, (server.clone(), now_ms));
-        if sh.map.len() > SWEEP_AT.max(sh.swept_len * 2) {
-            sh.map
-                .retain(|_, (_, used)| now_ms.saturating_sub(*used) <= timeout);
-            sh.swept_len = sh.map.len();
+        if !sh.map.contains_key(&key) {
+            sh.make_room(now_ms, timeout);
         }
+        sh.map.insert(key, (server.clone(), now_ms));
     }
 
     #[cfg(test)]
@@ -133,7 +170,7 @@ mod tests {
 
     #[test]
     fn assignments_expire() {
-        let t = StickyTable::new(Duration::from_secs(10));
+        let t = StickyTable::new(Duration::from_secs(10), 100);
         let a = server(1);
         t.assign(7, &a, 1000);
         assert!(Arc::ptr_eq(&t.get(7, 5000).unwrap(), &a));
@@ -141,6 +178,29 @@ mod tests {
         assert!(t.get(7, 14_000).is_some());
         assert!(t.get(7, 24_001).is_none());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn the_table_never_holds_more_than_its_size_and_keeps_the_recent() {
+        let a = server(1);
+        for size in [1u32, 10, 63, 64, 1000] {
+            let t = StickyTable::new(Duration::from_secs(3600), size);
+            assert_eq!(t.capacity(), size as usize);
+            for k in 0..20_000u64 {
+                t.assign(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), &a, k);
+                assert!(t.len() <= size as usize, "size {size}: {}", t.len());
+            }
+        }
+        // The most recently used assignment survives a flood of new ones.
+        let t = StickyTable::new(Duration::from_secs(3600), 1000);
+        t.assign(42, &a, 0);
+        for k in 1..50_000u64 {
+            t.assign(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63, &a, k);
+            if k % 100 == 0 {
+                assert!(t.get(42, k).is_some(), "lost the recently used key at {k}");
+            }
+        }
+        assert!(t.len() <= 1000);
     }
 
     #[test]
