@@ -1392,6 +1392,11 @@ fn malformed_cases() -> Vec<Bad> {
         bad("DEL in a value", "GET /del HTTP/1.1\r\nHost: test\r\nX-A: a\x7fb\r\n\r\n", 400),
         bad("bare CR in a value", "GET /cr HTTP/1.1\r\nHost: test\r\nX-A: a\rb\r\n\r\n", 400),
         bad("head over 64 KiB", big, 431),
+        bad(
+            "101 header fields",
+            format!("GET /fields HTTP/1.1\r\nHost: test\r\n{}\r\n{SMUGGLE}", "X-F: 1\r\n".repeat(100)),
+            431,
+        ),
         bad("HTTP/1.1 without Host", format!("GET /nohost HTTP/1.1\r\n\r\n{SMUGGLE}"), 400),
         bad(
             "two Host headers",
@@ -1409,6 +1414,10 @@ fn malformed_cases() -> Vec<Bad> {
             400,
         ),
         bad_chunks("chunk size zz", "zz\r\n0\r\n\r\n"),
+        bad_chunks(
+            "chunk extension over 4 KiB",
+            &format!("5;x={}\r\nhello\r\n0\r\n\r\n", "e".repeat(4100)),
+        ),
         bad_chunks("chunk size -1", "-1\r\n0\r\n\r\n"),
         bad_chunks("chunk size 0x10", "0x10\r\n\r\n"),
         bad_chunks("empty chunk size", "\r\n0\r\n\r\n"),
@@ -1885,8 +1894,19 @@ fn large_head_under_limit() {
 /// or for CL+TE the chunked framing with Content-Length removed; either way the
 /// backend connection is not reused and the next request is fine.
 fn bad_backend_responses(d: Driver) {
-    let b = Backend::start(|r| {
+    // SPEC section 12: at most 100 fields and 64 KiB in a response head.
+    let many_fields = format!(
+        "HTTP/1.1 200 OK\r\n{}Content-Length: 5\r\n\r\nhello",
+        "X-F: 1\r\n".repeat(100)
+    );
+    let huge_head = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 5\r\n\r\nhello",
+        "a".repeat(64 * 1024)
+    );
+    let b = Backend::start(move |r| {
         let raw: &[u8] = match r.target.as_str() {
+            "/many-fields" => many_fields.as_bytes(),
+            "/huge-head" => huge_head.as_bytes(),
             "/dup-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nhello",
             "/bad-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
             "/neg-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello",
@@ -1901,7 +1921,14 @@ fn bad_backend_responses(d: Driver) {
     });
     let p = Proxy::start_with(&conf1("", &b.addr()), Options::driver(d).threads(1));
     for target in [
-        "/dup-cl", "/bad-cl", "/neg-cl", "/garbage", "/bare-lf", "/cl-te",
+        "/dup-cl",
+        "/bad-cl",
+        "/neg-cl",
+        "/garbage",
+        "/bare-lf",
+        "/cl-te",
+        "/many-fields",
+        "/huge-head",
     ] {
         let mut c = p.client();
         c.set_timeout(Duration::from_secs(5));
@@ -1926,7 +1953,12 @@ fn bad_backend_responses(d: Driver) {
 /// without their hop-by-hop fields.
 fn interim_responses(d: Driver) {
     let b = Backend::start(|r| {
-        if r.target == "/hints" {
+        if let Some(n) = r.target.strip_prefix("/hints/") {
+            let n: usize = n.parse().unwrap_or(0);
+            let mut raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n".repeat(n);
+            raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            Reply::Raw(raw)
+        } else if r.target == "/hints" {
             Reply::Raw(
                 b"HTTP/1.1 103 Early Hints\r\nConnection: X-Hop\r\nLink: </s.css>; rel=preload\r\n\
                   X-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n\
@@ -1952,6 +1984,27 @@ fn interim_responses(d: Driver) {
     let r = c.read_response();
     assert_eq!((r.status, r.text().as_str()), (200, "final"));
     assert_eq!(c.get("/next").text(), "next\n");
+
+    // SPEC section 12: at most 10 interim responses per request; the 11th makes
+    // the answer a 502 instead of an endless relay.
+    for (n, want) in [(10, 200), (11, 502)] {
+        let mut c = p.client();
+        c.set_timeout(Duration::from_secs(5));
+        c.send(format!("GET /hints/{n} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let mut relayed = 0;
+        let r = loop {
+            let r = c.read_response();
+            if r.status != 103 {
+                break r;
+            }
+            relayed += 1;
+        };
+        assert_eq!(
+            (relayed, r.status),
+            (n.min(10), want),
+            "{n} interim responses"
+        );
+    }
 }
 
 /// A client that half-closes after its request still gets the response.

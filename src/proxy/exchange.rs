@@ -79,6 +79,7 @@ pub async fn exchange(
         splice: req.entry.splice,
         idle: req.idle,
         bt: req.entry.timeouts.backend,
+        interim: std::cell::Cell::new(0),
     };
     let mut out = w.bufs.take();
     let r = match ex.send_request(buf, req, &mut out).await {
@@ -105,7 +106,13 @@ struct Exchange<'a> {
     idle: Duration,
     /// Backend-side stall limit.
     bt: Duration,
+    /// Interim (1xx) responses relayed so far for this request.
+    interim: std::cell::Cell<u8>,
 }
+
+/// SPEC section 12: a backend may send at most this many interim (1xx)
+/// responses before its final one; an endless stream of 103s is refused (502).
+const MAX_INTERIM: u8 = 10;
 
 /// What the first send took of the request, and what that leaves to do.
 struct Sent {
@@ -352,6 +359,13 @@ impl Exchange<'_> {
         rh: &ResponseHead,
         out: &mut Vec<u8>,
     ) -> Result<(), Fail> {
+        if self.interim.get() >= MAX_INTERIM {
+            return Err(Fail::Status(
+                502,
+                format!("backend sent more than {MAX_INTERIM} interim responses"),
+            ));
+        }
+        self.interim.set(self.interim.get() + 1);
         http::write_response_head(rbuf, rh, false, out);
         nio::write_all(self.client, out, self.idle)
             .await
