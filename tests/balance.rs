@@ -62,6 +62,7 @@ fn sock(p: &Proxy) -> SocketAddr {
 
 /// `?format=json` of the statistics URL.
 fn stats_json(p: &Proxy) -> serde_json::Value {
+    util::metrics::after_cache_window(&p.addr());
     let r = p.client().get(&format!("{STATS}?format=json"));
     assert_eq!(r.status, 200, "statistics: {r:?}");
     serde_json::from_slice(&r.body.bytes).expect("statistics JSON")
@@ -81,6 +82,7 @@ fn server_stats(p: &Proxy, server: &str) -> serde_json::Value {
 
 /// The Prometheus text of the statistics URL.
 fn metrics(p: &Proxy) -> String {
+    util::metrics::after_cache_window(&p.addr());
     let r = p.client().get(STATS);
     assert_eq!(r.status, 200, "statistics: {r:?}");
     r.text()
@@ -1257,6 +1259,8 @@ fn workload_spreads_over_http() {
 
 /// `simian -c FILE explain ARGS...`: its stdout.
 fn explain(p: &Proxy, args: &[&str]) -> String {
+    // explain reads the running simian's statistics page (cached 250 ms).
+    util::metrics::after_cache_window(&p.addr());
     let out = Command::new(env!("CARGO_BIN_EXE_simian"))
         .arg("-c")
         .arg(p.dir.join("simian.conf"))

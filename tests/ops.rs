@@ -186,6 +186,7 @@ impl Simian {
 
     /// The Prometheus text of `/stats` (the tests' `StatisticsURL`).
     fn metrics(&self) -> String {
+        util::metrics::after_cache_window(&self.sockaddr().to_string());
         let r = self.get("/stats");
         assert_eq!(r.status, 200, "statistics: {:?}\n{}", r.head, r.text());
         r.text()
@@ -1239,6 +1240,40 @@ fn goaccess_parses_the_access_log_as_combined() {
 // ---------------------------------------------------------------------------
 // 6, 7. Statistics URL
 // ---------------------------------------------------------------------------
+
+/// SPEC section 12: the statistics page is built at most once per 250 ms per
+/// worker, so reading it in a loop cannot take a worker from its traffic. Within
+/// the window a reader gets the same page even though traffic went by; after
+/// it, a fresh one. One thread, so every read meets the same worker's cache.
+#[test]
+fn statistics_page_is_cached_for_250ms() {
+    let b = Backend::fixed("hello");
+    let s = Simian::start(&conf(
+        "StatisticsURL /stats\nThreads 1",
+        &[entry("app", "^/app", &b.addr(), "")],
+    ));
+    let server = b.addr();
+    let count = |m: &str| {
+        let labels = [
+            ("route", "app"),
+            ("server", server.as_str()),
+            ("code", "2xx"),
+        ];
+        sample(m, "simian_requests_total", &labels).unwrap_or(0.0)
+    };
+    let mut reader = s.client();
+    reader.get("/stats");
+    let first = reader.get("/stats").text();
+    let started = Instant::now();
+    assert_eq!(s.get("/app/1").status, 200);
+    let again = reader.get("/stats").text();
+    if started.elapsed() < Duration::from_millis(200) {
+        assert_eq!(again, first, "rebuilt within 250 ms");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let later = reader.get("/stats").text();
+    assert_eq!(count(&later), count(&first) + 1.0, "{later}");
+}
 
 #[test]
 fn statistics_pass_promtool_count_traffic_and_render_json_and_html() {

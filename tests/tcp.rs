@@ -956,6 +956,7 @@ per_driver!(wait_bytes);
 
 /// GET the statistics page.
 fn stats(addr: &str) -> String {
+    util::metrics::after_cache_window(addr);
     let mut c = Client::tcp(addr);
     let r = c.get("/stats");
     assert_eq!(r.status, 200, "statistics: {}", r.text());
@@ -1079,7 +1080,16 @@ fn all_backends_dead(d: Driver) {
             "client left open with every server dead"
         );
     }
-    assert!(sim.stderr().contains("no server could take"));
+    // Logged after the client's close, by the log thread: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !sim.stderr().contains("no server could take") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        sim.stderr().contains("no server could take"),
+        "{}",
+        sim.stderr()
+    );
 }
 
 per_driver!(all_backends_dead);

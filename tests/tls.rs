@@ -165,6 +165,7 @@ fn tls_get(p: &Proxy, opts: &ClientOpts, name: &str, path: &str) -> (TlsInfo, Re
 
 /// The Prometheus text of `/stats` on a plain listener.
 fn metrics(port: u16) -> String {
+    util::metrics::after_cache_window(&port.to_string());
     let mut c = Client::tcp(format!("127.0.0.1:{port}"));
     c.set_timeout(Duration::from_secs(5));
     let r = c.get_with("/stats", "Connection: close\r\n");
@@ -1600,9 +1601,11 @@ fn reload_with_broken_certificate_keeps_the_old(driver: Driver) {
         served() == pki.a.der,
         "a broken file replaced the certificate"
     );
+    let at = format!("{}:5:", p.dir.join("simian.conf").display());
+    p.wait_log(&at, Duration::from_secs(3));
     let log = p.stderr();
     assert!(
-        log.contains(&format!("{}:5:", p.dir.join("simian.conf").display())),
+        log.contains(&at),
         "the failed reload is not logged with the line of the certificate:\n{log}"
     );
     // A certificate with a key that is not its own.

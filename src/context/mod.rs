@@ -55,6 +55,8 @@ pub struct Worker {
     pub log_buf: RefCell<Vec<u8>>,
     /// The log's date for the current second: (unix second, `[dd/Mon/yyyy:...]`).
     pub log_date: RefCell<(u64, String)>,
+    /// Rendered statistics pages, rebuilt at most every 250 ms.
+    pub stats_pages: crate::stats::cache::PageCache,
     pub shutdown: Shutdown,
 }
 
@@ -87,6 +89,7 @@ impl Worker {
             path_scratch: RefCell::new(Vec::with_capacity(256)),
             listen_fds: RefCell::new(Vec::new()),
             log_buf: RefCell::new(Vec::new()),
+            stats_pages: Default::default(),
             log_date: RefCell::new((0, String::new())),
             shutdown,
         }

@@ -9,7 +9,7 @@ use crate::context::Worker;
 use crate::http::{self, RequestHead};
 use crate::net::listen::Peer;
 use crate::net::{io as nio, Stream};
-use crate::stats::render;
+use crate::stats::cache::Format;
 
 pub async fn serve(
     w: &Worker,
@@ -43,16 +43,17 @@ pub async fn serve(
                         .windows(9)
                         .any(|x| x.eq_ignore_ascii_case(b"text/html"))
             });
-        let (body, ctype) = if wants_json {
-            (render::json(live), "application/json")
+        let (format, ctype) = if wants_json {
+            (Format::Json, "application/json")
         } else if wants_html {
-            (render::html(live), "text/html; charset=utf-8")
+            (Format::Html, "text/html; charset=utf-8")
         } else {
             (
-                render::prometheus_text(live),
+                Format::Prometheus,
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         };
+        let body = w.stats_pages.get(live, format);
         use std::io::Write;
         let _ = write!(
             out,

@@ -211,9 +211,25 @@ impl Running {
 
 /// Run in the foreground until a signal stops us (the `simian -c FILE` command).
 pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     crate::log::set_file(config.global.error_log.as_deref())
         .with_context(|| "cannot open the ErrorLog file".to_string())?;
+    let r = serve_until_stopped(config, config_path, opts);
+    // Every way out: the workers handed over their last lines when they
+    // stopped; a log file that takes longer than this to take them is not
+    // worth hanging the exit for.
+    crate::accesslog::finish(LOG_FINISH);
+    crate::log::finish(LOG_FINISH);
+    r
+}
+
+const LOG_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn serve_until_stopped(
+    config: Config,
+    config_path: &std::path::Path,
+    opts: &RunOptions,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT])
         .context("cannot install signal handlers")?;
     crate::accesslog::start(config.global.access_log.as_deref())
@@ -269,11 +285,5 @@ pub fn run(config: Config, config_path: &std::path::Path, opts: &RunOptions) -> 
     if let Some(p) = &opts.pid_file {
         let _ = std::fs::remove_file(p);
     }
-    // The workers handed over their last lines when they stopped; a log file
-    // that takes longer than this to take them is not worth hanging the exit for.
-    crate::accesslog::finish(LOG_FINISH);
-    crate::log::finish(LOG_FINISH);
     r
 }
-
-const LOG_FINISH: std::time::Duration = std::time::Duration::from_secs(5);

@@ -6,6 +6,7 @@
 //! slot. Per-server state that balancers need anyway (`active`, failures) lives in
 //! [`crate::upstream::ServerState`].
 
+pub mod cache;
 pub mod counters;
 pub mod names;
 pub mod render;

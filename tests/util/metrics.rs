@@ -69,3 +69,24 @@ pub fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
         .map(|(_, l, v)| (l, v))
         .collect()
 }
+
+/// simian renders its statistics page at most once per 250 ms per worker (SPEC
+/// section 12), so a read sooner than that after the previous one may get that
+/// one's page. Tests that look for a change wait out the rest of the window
+/// since they last read `key` (a proxy's statistics address).
+pub fn after_cache_window(key: &str) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+    const WINDOW: Duration = Duration::from_millis(260);
+    let wait = {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let map = last.get_or_insert_with(HashMap::new);
+        let now = Instant::now();
+        let at = map.get(key).map_or(now, |t| (*t + WINDOW).max(now));
+        map.insert(key.to_string(), at);
+        at - now
+    };
+    std::thread::sleep(wait);
+}
