@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod fault;
 pub mod http;
 pub mod logsink;
 pub mod net;

@@ -330,6 +330,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    panics_are_contained,
     no_pipe_body_is_copied,
     idle_connections_give_way_at_the_limit,
     silent_new_connection_closed_at_head_timeout,
@@ -1581,6 +1582,43 @@ fn idle_timeout(d: Driver) {
         e >= Duration::from_millis(800) && e <= Duration::from_secs(4),
         "silent connection closed after {e:?}"
     );
+}
+
+/// SPEC section 12: a panic in a worker's own task (accept loop, idle sweeper),
+/// in the health checker, or one that ends a worker's runtime, is contained: the
+/// part is started again, the log says which, and traffic goes on. The panics
+/// are injected (`SIMIAN_FAULT`, debug builds only).
+fn panics_are_contained(d: Driver) {
+    let b = Backend::fixed("ok\n");
+    for (fault, logged) in [
+        ("accept-loop", "the accept loop panicked"),
+        ("sweeper", "the idle sweeper panicked"),
+        ("worker-runtime", "its runtime died"),
+        ("health-checker", "the health checker panicked"),
+    ] {
+        let mut o = Options::driver(d).threads(1);
+        o.env.push(("SIMIAN_FAULT".into(), fault.into()));
+        let conf = conf1(
+            "IdleTimeout 1s\nHealthCheck tcp\nHealthCheckInterval 100ms",
+            &b.addr(),
+        );
+        let p = Proxy::start_with(&conf, o);
+        for i in 0..5 {
+            let mut c = p.client();
+            c.set_timeout(Duration::from_secs(5));
+            assert_eq!(c.get(&format!("/{fault}/{i}")).text(), "ok\n", "{fault}");
+        }
+        assert!(
+            p.wait_log(logged, Duration::from_secs(3)),
+            "{fault}: not logged\n{}",
+            p.stderr()
+        );
+        // The sweeper (started again if it was the one) still closes idle
+        // connections at IdleTimeout.
+        let mut idle = p.client();
+        assert_eq!(idle.get("/idle").status, 200);
+        idle.expect_closed(Duration::from_secs(4));
+    }
 }
 
 /// `(client_connections, parked_connections)` from the statistics JSON, read on a

@@ -35,8 +35,9 @@ pub struct Worker {
     pub bufs: BufPool,
     pub pipes: PipePool,
     pub backends: BackendPool,
-    /// Client connections open on this worker.
-    pub conns: Cell<usize>,
+    /// Client connections open on this worker. Shared with the thread that runs
+    /// the worker's runtime, which counts them out if the runtime dies.
+    pub conns: std::rc::Rc<Cell<usize>>,
     /// Client connections waiting in their task for their next request: closed at
     /// once on shutdown; the sweeper shuts down those past their deadline and asks
     /// those idle past [`park::PARK_AFTER`] to park.
@@ -74,14 +75,20 @@ pub struct Idle {
 
 impl Worker {
     /// A worker's state before it has a listener or a connection.
-    pub fn new(id: usize, live: Arc<ArcSwap<Live>>, parked: Parking, shutdown: Shutdown) -> Worker {
+    pub fn new(
+        id: usize,
+        live: Arc<ArcSwap<Live>>,
+        parked: Parking,
+        shutdown: Shutdown,
+        conns: std::rc::Rc<Cell<usize>>,
+    ) -> Worker {
         Worker {
             id,
             live,
             bufs: BufPool::default(),
             pipes: PipePool::default(),
             backends: BackendPool::default(),
-            conns: Cell::new(0),
+            conns,
             idle: RefCell::new(FxHashMap::default()),
             parked,
             tasks_peak: Cell::new(0),

@@ -5,6 +5,7 @@
 //! workers read; SIGTERM/SIGINT start a graceful drain; SIGQUIT exits at once.
 
 pub mod isolate;
+pub mod supervise;
 pub mod trim;
 pub mod worker;
 

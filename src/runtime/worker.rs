@@ -22,6 +22,7 @@ use crate::context::Worker;
 use crate::log;
 use crate::net::listen::{Listener, Registered};
 use crate::runtime::isolate::Isolated;
+use crate::runtime::supervise;
 use crate::stats::counters::PROCESS;
 
 /// What a listener serves.
@@ -50,17 +51,61 @@ pub struct WorkerSpec {
     pub pin_cpu: Option<usize>,
 }
 
-/// Run a worker to completion (until shutdown has drained it).
+/// Run a worker to completion (until shutdown has drained it). A panic that
+/// escapes every task and ends the runtime starts a new runtime on the same
+/// listening sockets (kept open here, outside any runtime).
 pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
     if let Some(cpu) = spec.pin_cpu {
         if let Err(e) = monoio::utils::bind_to_cpu_set(Some(cpu)) {
             crate::warn!("worker {}: cannot pin to cpu {cpu}: {e:?}", spec.id);
         }
     }
+    let kept: Kept = Rc::new(RefCell::new(spec.listeners));
+    let conns = Rc::new(Cell::new(0));
+    loop {
+        let once = || {
+            run_once(
+                &spec.ctrl,
+                &spec.live,
+                &spec.shutdown,
+                spec.id,
+                &kept,
+                &conns,
+            )
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(once)) {
+            Ok(r) => return r,
+            Err(_) if spec.shutdown.started() => return Ok(()),
+            Err(_) => {
+                // Connections of the dead runtime are gone with it.
+                let lost = conns.replace(0);
+                PROCESS.client_connections.fetch_sub(lost as u64, Relaxed);
+                crate::error!(
+                    "worker {}: its runtime died (a panic outside any connection; {lost} connections closed); starting it again",
+                    spec.id
+                );
+                std::thread::sleep(super::supervise::RESTART_AFTER);
+            }
+        }
+    }
+}
+
+/// The listening sockets of a worker, outside its runtime: each runtime
+/// registers copies (dup), so a runtime that dies closes only its copies.
+type Kept = Rc<RefCell<Vec<(Listener, Service)>>>;
+
+fn run_once(
+    ctrl: &flume::Receiver<Ctrl>,
+    live: &Arc<ArcSwap<Live>>,
+    shutdown: &Shutdown,
+    id: usize,
+    kept: &Kept,
+    conns: &Rc<Cell<usize>>,
+) -> std::io::Result<()> {
     let mut rt = runtime()?;
     rt.block_on(async move {
         let parked = Parking::new()?;
-        if spec.id == 0 {
+        if id == 0 {
             let driver = if monoio::utils::is_legacy() {
                 "epoll (legacy)"
             } else if COOP_TASKRUN.load(Relaxed) {
@@ -70,35 +115,39 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
             };
             crate::info!("I/O driver: {driver}");
         }
-        let w = Rc::new(Worker::new(spec.id, spec.live, parked, spec.shutdown));
-        monoio::spawn(flush_log_every(w.clone(), Duration::from_millis(500)));
-        monoio::spawn(sweep_idle_every(w.clone(), Duration::from_millis(250)));
-        monoio::spawn(resume_parked(w.clone()));
+        let w = Rc::new(Worker::new(
+            id,
+            live.clone(),
+            parked,
+            shutdown.clone(),
+            conns.clone(),
+        ));
+        let w2 = w.clone();
+        monoio::spawn(supervise::task(id, "log flusher", move || {
+            flush_log_every(w2.clone(), Duration::from_millis(500))
+        }));
+        let w2 = w.clone();
+        monoio::spawn(supervise::task(id, "idle sweeper", move || {
+            sweep_idle_every(w2.clone(), Duration::from_millis(250))
+        }));
+        let w2 = w.clone();
+        monoio::spawn(supervise::task(id, "parked connection waker", move || {
+            resume_parked(w2.clone())
+        }));
         let stops: Rc<Stops> = Rc::default();
-        for (l, service) in spec.listeners {
-            listen(&w, &stops, l, service);
-        }
-        let (w2, stops2, ctrl) = (w.clone(), stops.clone(), spec.ctrl);
-        monoio::spawn(async move {
-            while let Ok(msg) = ctrl.recv_async().await {
-                match msg {
-                    Ctrl::Listen(l, service) => listen(&w2, &stops2, l, service),
-                    Ctrl::Close(addr) => {
-                        for (_, fd) in w2.listen_fds.borrow().iter().filter(|(a, _)| *a == addr) {
-                            // SAFETY: plain syscall on a listener this worker still owns.
-                            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-                        }
-                        w2.listen_fds.borrow_mut().retain(|(a, _)| *a != addr);
-                        stops2.borrow_mut().retain(|(a, stop)| {
-                            if *a == addr {
-                                stop.set(true);
-                            }
-                            *a != addr
-                        });
-                    }
-                }
+        for (l, service) in kept.borrow().iter() {
+            match l.try_clone() {
+                Ok(l) => listen(&w, &stops, l, *service),
+                Err(e) => crate::error!("worker {id}: cannot listen on {}: {e}", l.addr),
             }
-        });
+        }
+        let (w2, stops2, ctrl, kept) = (w.clone(), stops.clone(), ctrl.clone(), kept.clone());
+        monoio::spawn(supervise::task(id, "control channel", move || {
+            control(w2.clone(), stops2.clone(), ctrl.clone(), kept.clone())
+        }));
+        if crate::fault::point("worker-runtime") {
+            panic!("fault injected: worker-runtime");
+        }
         w.shutdown.wait().await;
         // Stop listening now, not when each accept loop notices: shutdown(2) on a
         // listening socket makes the kernel refuse new connections at once, whatever
@@ -122,6 +171,39 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
         w.flush_log();
         Ok(())
     })
+}
+
+/// Orders from the control plane: listeners opened and closed by a reload.
+async fn control(w: Rc<Worker>, stops: Rc<Stops>, ctrl: flume::Receiver<Ctrl>, kept: Kept) {
+    while let Ok(msg) = ctrl.recv_async().await {
+        match msg {
+            Ctrl::Listen(l, service) => {
+                match l.try_clone() {
+                    Ok(copy) => kept.borrow_mut().push((copy, service)),
+                    Err(e) => crate::warn!(
+                        "worker {}: {}: no spare copy of the listener ({e}); it would not survive a runtime restart",
+                        w.id,
+                        l.addr
+                    ),
+                }
+                listen(&w, &stops, l, service)
+            }
+            Ctrl::Close(addr) => {
+                kept.borrow_mut().retain(|(l, _)| l.addr != addr);
+                for (_, fd) in w.listen_fds.borrow().iter().filter(|(a, _)| *a == addr) {
+                    // SAFETY: plain syscall on a listener this worker still owns.
+                    unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+                }
+                w.listen_fds.borrow_mut().retain(|(a, _)| *a != addr);
+                stops.borrow_mut().retain(|(a, stop)| {
+                    if *a == addr {
+                        stop.set(true);
+                    }
+                    *a != addr
+                });
+            }
+        }
+    }
 }
 
 /// Whether the ring was set up with COOP_TASKRUN (said in the driver log line).
@@ -175,7 +257,10 @@ fn listen(w: &Rc<Worker>, stops: &Stops, l: Listener, service: Service) {
             let stop = Rc::new(Cell::new(false));
             w.listen_fds.borrow_mut().push((addr.clone(), reg.fd()));
             stops.borrow_mut().push((addr, stop.clone()));
-            monoio::spawn(accept_loop(w.clone(), reg, service, stop));
+            let (w, reg) = (w.clone(), Rc::new(reg));
+            monoio::spawn(supervise::task(w.id, "accept loop", move || {
+                accept_loop(w.clone(), reg.clone(), service, stop.clone())
+            }));
         }
         Err(e) => crate::error!("worker {}: cannot register listener {addr}: {e}", w.id),
     }
@@ -193,7 +278,7 @@ async fn stopped(w: &Worker, stop: &Cell<bool>) {
 /// a new connection waits (nginx frees up to 32 reusable connections).
 const RECLAIM_AT_LIMIT: usize = 16;
 
-async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Cell<bool>>) {
+async fn accept_loop(w: Rc<Worker>, l: Rc<Registered>, service: Service, stop: Rc<Cell<bool>>) {
     loop {
         monoio::select! {
             _ = stopped(&w, &stop) => return,
@@ -201,6 +286,9 @@ async fn accept_loop(w: Rc<Worker>, l: Registered, service: Service, stop: Rc<Ce
                 crate::error!("listener {}: {e}", l.addr);
                 monoio::time::sleep(Duration::from_millis(100)).await;
             },
+        }
+        if crate::fault::point("accept-loop") {
+            panic!("fault injected: accept-loop");
         }
         // Accept everything queued: one readiness wake for a burst.
         loop {
@@ -352,6 +440,9 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
     let mut due = Vec::new();
     while !w.shutdown.started() {
         monoio::time::sleep(every).await;
+        if crate::fault::point("sweeper") {
+            panic!("fault injected: sweeper");
+        }
         let now = crate::upstream::clock::now_ms();
         let mut asked = false;
         w.idle.borrow_mut().retain(|fd, idle| {

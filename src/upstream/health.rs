@@ -33,18 +33,28 @@ struct Streak {
 pub fn start(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("simian-health".into())
-        .spawn(move || {
-            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .build();
-            let mut rt = match rt {
-                Ok(rt) => rt,
-                Err(e) => {
-                    crate::error!("health checks disabled: cannot start their runtime: {e}");
-                    return;
+        .spawn(move || loop {
+            // A panic in a check (a bug) must not end health checking for good:
+            // the checker starts again, with its streaks reset.
+            let round = || {
+                let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build();
+                match rt {
+                    Ok(mut rt) => rt.block_on(run(live.clone(), shutdown.clone())),
+                    Err(e) => {
+                        crate::error!("health checks disabled: cannot start their runtime: {e}")
+                    }
                 }
             };
-            rt.block_on(run(live, shutdown));
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(round)) {
+                Ok(()) => return,
+                Err(_) if shutdown.started() => return,
+                Err(_) => {
+                    crate::error!("the health checker panicked (bug); started again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         })?;
     Ok(())
 }
@@ -54,6 +64,9 @@ async fn run(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) {
     // its ServerState, hence its streak.
     let mut streaks: HashMap<usize, Streak> = HashMap::new();
     while !shutdown.started() {
+        if crate::fault::point("health-checker") {
+            panic!("fault injected: health-checker");
+        }
         let l = live.load_full();
         let now = Instant::now();
         let mut round = Vec::new();

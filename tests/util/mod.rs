@@ -1619,7 +1619,15 @@ impl Drop for Proxy {
         if let Some(st) = exited_early.filter(|_| !self.terminated) {
             panic!("simian exited during the test ({st}); stderr:\n{log}");
         }
-        if log.contains("panicked") {
+        // Panics the test injected itself (SIMIAN_FAULT) are expected.
+        let lines: Vec<&str> = log.lines().collect();
+        let real_panic = lines.iter().enumerate().any(|(i, l)| {
+            l.contains("panicked at")
+                && !lines
+                    .get(i + 1)
+                    .is_some_and(|m| m.starts_with("fault injected"))
+        });
+        if real_panic {
             panic!("simian panicked during the test; stderr:\n{log}");
         }
     }
