@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 pub mod metrics;
 pub mod nginx;
+pub mod process;
 pub mod tls;
 
 /// Default read/write timeout of every test socket.
