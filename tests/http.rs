@@ -330,6 +330,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    lingering_close_after_an_error,
     panics_are_contained,
     no_pipe_body_is_copied,
     idle_connections_give_way_at_the_limit,
@@ -1582,6 +1583,34 @@ fn idle_timeout(d: Driver) {
         e >= Duration::from_millis(800) && e <= Duration::from_secs(4),
         "silent connection closed after {e:?}"
     );
+}
+
+/// SPEC section 12: an error answered while the client is still sending (here a
+/// 400 for a bad Content-Length, with 1 MiB of body behind it) reaches the
+/// client: simian shuts its write side and drains what still comes (lingering
+/// close) instead of closing with unread bytes, which makes the kernel answer
+/// with a reset that can destroy the response before the client reads it.
+fn lingering_close_after_an_error(d: Driver) {
+    use std::io::{Read, Write};
+    let b = Backend::fixed("ok");
+    let p = start(d, &conf1("", &b.addr()));
+    for round in 0..5 {
+        // A simple client: it writes its whole request, then reads the answer.
+        let mut conn = std::net::TcpStream::connect(p.addr()).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut req = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n".to_vec();
+        req.resize(req.len() + 512 * 1024, b'a');
+        let w = conn.write_all(&req);
+        let mut got = Vec::new();
+        let r = conn.read_to_end(&mut got);
+        assert!(
+            w.is_ok() && r.is_ok() && got.starts_with(b"HTTP/1.1 400 "),
+            "round {round}: write {w:?}, read {r:?} after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }
 
 /// SPEC section 12: a panic in a worker's own task (accept loop, idle sweeper),

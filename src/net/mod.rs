@@ -11,6 +11,7 @@
 pub mod buffer;
 pub mod connect;
 pub mod io;
+pub mod linger;
 pub mod listen;
 pub mod splice;
 pub mod stream;

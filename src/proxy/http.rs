@@ -270,8 +270,9 @@ async fn read_head(
     }
 }
 
-/// An error page, then the connection closes. `head_only`: the request was a
-/// HEAD, whose answer has no body (RFC 9110 9.3.2).
+/// An error page, then the connection closes, lingering while the client may
+/// still send (`net::linger`). `head_only`: the request was a HEAD, whose answer
+/// has no body (RFC 9110 9.3.2).
 pub(super) async fn send_error(
     client: &Stream,
     status: u16,
@@ -281,7 +282,12 @@ pub(super) async fn send_error(
 ) {
     let mut out = w.bufs.take();
     http::error_response_with(status, true, extra_headers, head_only, &mut out);
-    let _ = nio::write_all(client, &out, Duration::from_secs(5)).await;
+    if nio::write_all(client, &out, Duration::from_secs(5))
+        .await
+        .is_ok()
+    {
+        crate::net::linger::discard_rest(client, &mut out).await;
+    }
     w.bufs.give(out);
 }
 
