@@ -97,6 +97,8 @@ pub struct Entry<'a> {
     pub duration_ms: u64,
     pub server: &'a str,
     pub route: &'a str,
+    /// `%{request_id}` of a rule that sent one: one more field after ROUTE.
+    pub request_id: Option<u64>,
 }
 
 /// Append a quoted-safe copy: `"` `\` and non-printables as `\xHH` (nginx's rule),
@@ -151,6 +153,9 @@ pub fn format(out: &mut Vec<u8>, date: &[u8], e: &Entry) {
     out.extend_from_slice(e.server.as_bytes());
     out.push(b' ');
     out.extend_from_slice(e.route.as_bytes());
+    if let Some(id) = e.request_id {
+        let _ = write!(out, " {id:016x}");
+    }
     out.push(b'\n');
 }
 
@@ -208,6 +213,7 @@ mod tests {
             duration_ms: 3,
             server: "127.0.0.1:8081",
             route: "static",
+            request_id: None,
         };
         format(&mut out, b"[22/Nov/2026:19:00:00 +0000]", &e);
         assert_eq!(

@@ -859,6 +859,15 @@ fn sample_value(k: Key) -> &'static str {
         Key::StatisticsUrl => "/s",
         Key::StatisticsAllow => "127.0.0.1",
         Key::Threads => "2",
+        Key::Host => "example.com",
+        Key::Allow | Key::Deny | Key::TrustedProxies => "10.0.0.0/8",
+        Key::RateLimit => "10/s burst 5",
+        Key::Redirect => "https",
+        Key::MaxBodySize => "10MB",
+        Key::StripPrefix => "/api",
+        Key::RequestHeader => "set X-Real-IP %{client}",
+        Key::ResponseHeader => "set Strict-Transport-Security max-age=63072000; includeSubDomains",
+        Key::SendProxy => "v2",
         Key::AttemptsCount
         | Key::HealthyThreshold
         | Key::UnhealthyThreshold

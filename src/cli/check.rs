@@ -66,12 +66,30 @@ pub fn route_table(c: &Config) -> String {
             let l: Vec<String> = e
                 .listen
                 .iter()
-                .map(|l| format!("{}{}", l.addr, if l.tls { " tls" } else { "" }))
+                .map(|l| {
+                    format!(
+                        "{}{}{}",
+                        l.addr,
+                        if l.proxy { " proxy" } else { "" },
+                        if l.tls { " tls" } else { "" }
+                    )
+                })
                 .collect();
             let _ = writeln!(o, "  listen:       {}", l.join(", "));
             let _ = writeln!(o, "  wait bytes:   {}", e.wait_bytes);
         } else {
-            let _ = writeln!(o, "  match:        {}", e.patterns.join("  |  "));
+            if !e.hosts.is_empty() {
+                let h: Vec<String> = e.hosts.iter().map(|h| h.to_string()).collect();
+                let _ = writeln!(o, "  hosts:        {}", h.join(" "));
+            }
+            if e.has_match || e.hosts.is_empty() {
+                let _ = writeln!(o, "  match:        {}", e.patterns.join("  |  "));
+            } else {
+                let _ = writeln!(o, "  match:        every path of its hosts");
+            }
+            for line in super::explain::rule_lines(&e.rules) {
+                let _ = writeln!(o, "  rule:         {line}");
+            }
         }
         let _ = writeln!(o, "  balancer:     {}", e.balancer.name());
         let _ = writeln!(o, "  servers:");

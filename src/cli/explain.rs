@@ -19,6 +19,66 @@ pub fn path_of(url: &str) -> &str {
     &rest[..end]
 }
 
+/// The host of an absolute URL (lowercase, without port), as routing sees it.
+fn host_of(url: &str) -> Option<String> {
+    let after = &url[url.find("://")? + 3..];
+    let authority = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
+    let mut scratch = [0u8; 256];
+    crate::route::hosts::request_host(b"/", Some(authority.as_bytes()), &mut scratch)
+        .map(str::to_string)
+}
+
+/// One line per rule of an entry, for `--check` and `explain`.
+pub fn rule_lines(r: &crate::config::Rules) -> Vec<String> {
+    use crate::config::rules::{HeaderOp, RedirectTarget};
+    let cidrs = |l: &[crate::config::Cidr]| {
+        l.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = Vec::new();
+    if !r.allow.is_empty() {
+        out.push(format!("Allow {}", cidrs(&r.allow)));
+    }
+    if !r.deny.is_empty() {
+        out.push(format!("Deny {}", cidrs(&r.deny)));
+    }
+    if let Some(l) = &r.rate_limit {
+        out.push(format!("RateLimit {:.3}/s burst {}", l.per_second, l.burst));
+    }
+    if let Some(d) = &r.redirect {
+        let to = match &d.target {
+            RedirectTarget::Https => "https".to_string(),
+            RedirectTarget::Url { text, .. } => text.clone(),
+        };
+        out.push(format!("Redirect {} {to}", d.code));
+    }
+    if r.max_body > 0 {
+        out.push(format!("MaxBodySize {} bytes", r.max_body));
+    }
+    if let Some(p) = &r.strip_prefix {
+        out.push(format!("StripPrefix {p}"));
+    }
+    for (what, list) in [
+        ("RequestHeader", &r.request_headers),
+        ("ResponseHeader", &r.response_headers),
+    ] {
+        for h in list {
+            let op = match h.op {
+                HeaderOp::Set => "set",
+                HeaderOp::Add => "add",
+                HeaderOp::Del => "del",
+            };
+            out.push(format!("{what} {op} {}", h.name));
+        }
+    }
+    if let Some(v) = r.send_proxy {
+        out.push(format!("SendProxy {v:?}"));
+    }
+    out
+}
+
 pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Option<&str>) -> String {
     let mut o = String::new();
     let raw_path = path_of(url);
@@ -35,7 +95,22 @@ pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Optio
             return o;
         }
     }
-    let matches = config.router.all_matches(&norm);
+    let host = host_of(url);
+    if let Some(h) = &host {
+        let _ = writeln!(o, "host:         {h}");
+    }
+    let matches: Vec<_> = config
+        .router
+        .all_matches(&norm)
+        .into_iter()
+        .filter(|m| {
+            let hosts = &config.entries[m.entry].hosts;
+            hosts.is_empty()
+                || host
+                    .as_deref()
+                    .is_some_and(|h| hosts.iter().any(|p| p.matches(h)))
+        })
+        .collect();
     let Some(first) = matches.first() else {
         let _ = writeln!(o, "-> no entry matches: simian answers 404 Not Found");
         return o;
@@ -51,6 +126,40 @@ pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Optio
     let _ = writeln!(o, "   balancer {} over:", entry.balancer.name());
     for s in &entry.servers {
         let _ = writeln!(o, "     {} (weight {})", s.text, s.weight);
+    }
+    if !entry.hosts.is_empty() {
+        let h: Vec<String> = entry.hosts.iter().map(|h| h.to_string()).collect();
+        let _ = writeln!(o, "   for hosts {}", h.join(" "));
+    }
+    for line in rule_lines(&entry.rules) {
+        let _ = writeln!(o, "   rule: {line}");
+    }
+    if !entry.rules.admits(client) {
+        let _ = writeln!(
+            o,
+            "-> simian answers 403 Forbidden: Allow/Deny refuse this client"
+        );
+        return o;
+    }
+    if let Some(r) = &entry.rules.redirect {
+        let _ = writeln!(
+            o,
+            "-> simian answers {} (Redirect), before any server{}",
+            r.code,
+            if matches!(r.target, crate::config::rules::RedirectTarget::Https) {
+                " (requests over TLS go on to the next entry)"
+            } else {
+                ""
+            }
+        );
+        return o;
+    }
+    if let Some(l) = &entry.rules.rate_limit {
+        let _ = writeln!(
+            o,
+            "   a client past {:.3}/s (burst {}) gets 429 Too Many Requests before any server",
+            l.per_second, l.burst
+        );
     }
     for m in matches.iter().skip(1).filter(|m| m.entry != first.entry) {
         let other = &config.entries[m.entry];

@@ -34,6 +34,12 @@ pub struct ForwardArgs {
     /// Splice: auto, on or off
     #[arg(long = "splice", value_name = "MODE")]
     pub splice: Option<String>,
+    /// Write a PROXY protocol header (v1 or v2) first on each backend connection
+    #[arg(long = "send-proxy", value_name = "v1|v2")]
+    pub send_proxy: Option<String>,
+    /// Connections start with a PROXY protocol header naming the client
+    #[arg(long = "accept-proxy")]
+    pub accept_proxy: bool,
     /// Addresses to listen on: PORT, IP:PORT, [IPv6]:PORT, /unix/path (fproxy: port 80 when omitted)
     #[arg(value_name = "LISTEN", required = true)]
     pub listen: Vec<String>,
@@ -107,7 +113,8 @@ pub fn config_text(a: &ForwardArgs) -> Result<String, String> {
     };
     let mut t = String::from("[PROXY_DEFAULTS]\n[PROXY_ENTRY]\n    Name forward\n    Mode tcp\n");
     for l in &listen {
-        let _ = writeln!(t, "    Listen {}", address(l, true));
+        let proxy = if a.accept_proxy { " proxy" } else { "" };
+        let _ = writeln!(t, "    Listen {}{proxy}", address(l, true));
     }
     let servers: Vec<String> = backends.iter().map(|b| address(b, false)).collect();
     let _ = writeln!(t, "    ServerList {}", servers.join(" "));
@@ -131,6 +138,9 @@ pub fn config_text(a: &ForwardArgs) -> Result<String, String> {
     }
     if let Some(s) = &a.splice {
         let _ = writeln!(t, "    Splice {s}");
+    }
+    if let Some(v) = &a.send_proxy {
+        let _ = writeln!(t, "    SendProxy {v}");
     }
     Ok(t)
 }

@@ -39,6 +39,17 @@ pub enum Key {
     ErrorLog,
     Threads,
     ShutdownTimeout,
+    Host,
+    Allow,
+    Deny,
+    RateLimit,
+    Redirect,
+    MaxBodySize,
+    StripPrefix,
+    RequestHeader,
+    ResponseHeader,
+    TrustedProxies,
+    SendProxy,
 }
 
 /// Which sections a key may appear in.
@@ -50,7 +61,7 @@ pub enum Place {
 }
 
 impl Key {
-    pub const ALL: [Key; 36] = [
+    pub const ALL: [Key; 47] = [
         Key::Listen,
         Key::TlsCertificate,
         Key::TlsKey,
@@ -87,6 +98,17 @@ impl Key {
         Key::ErrorLog,
         Key::Threads,
         Key::ShutdownTimeout,
+        Key::Host,
+        Key::Allow,
+        Key::Deny,
+        Key::RateLimit,
+        Key::Redirect,
+        Key::MaxBodySize,
+        Key::StripPrefix,
+        Key::RequestHeader,
+        Key::ResponseHeader,
+        Key::TrustedProxies,
+        Key::SendProxy,
     ];
 
     /// The canonical spelling (what the docs and messages use).
@@ -128,6 +150,17 @@ impl Key {
             Key::ErrorLog => "ErrorLog",
             Key::Threads => "Threads",
             Key::ShutdownTimeout => "ShutdownTimeout",
+            Key::Host => "Host",
+            Key::Allow => "Allow",
+            Key::Deny => "Deny",
+            Key::RateLimit => "RateLimit",
+            Key::Redirect => "Redirect",
+            Key::MaxBodySize => "MaxBodySize",
+            Key::StripPrefix => "StripPrefix",
+            Key::RequestHeader => "RequestHeader",
+            Key::ResponseHeader => "ResponseHeader",
+            Key::TrustedProxies => "TrustedProxies",
+            Key::SendProxy => "SendProxy",
         }
     }
 
@@ -145,13 +178,18 @@ impl Key {
             | Key::AccessLog
             | Key::ErrorLog
             | Key::Threads
-            | Key::ShutdownTimeout => Place::Defaults,
+            | Key::ShutdownTimeout
+            | Key::TrustedProxies => Place::Defaults,
             Key::Match
             | Key::Name
             | Key::StickyCookie
             | Key::StickyTimeout
             | Key::Mode
-            | Key::WaitBytes => Place::Entry,
+            | Key::WaitBytes
+            | Key::Host
+            | Key::RateLimit
+            | Key::Redirect
+            | Key::StripPrefix => Place::Entry,
             // Listen: the defaults' are the http listeners; a tcp entry has its own
             // (resolve checks that an http entry has none).
             _ => Place::Both,
@@ -162,7 +200,17 @@ impl Key {
     pub fn repeatable(self) -> bool {
         matches!(
             self,
-            Key::Listen | Key::TlsCertificate | Key::Match | Key::ServerList | Key::StatisticsAllow
+            Key::Listen
+                | Key::TlsCertificate
+                | Key::Match
+                | Key::ServerList
+                | Key::StatisticsAllow
+                | Key::Host
+                | Key::Allow
+                | Key::Deny
+                | Key::RequestHeader
+                | Key::ResponseHeader
+                | Key::TrustedProxies
         )
     }
 }

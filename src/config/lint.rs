@@ -76,7 +76,9 @@ pub fn warnings(
     let mut catch_all: Option<(usize, &str)> = None;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, entry) in config.entries.iter().enumerate() {
-        if entry.mode != Mode::Http {
+        // Entries with `Host` take a part of the hosts only: they neither shadow
+        // nor are shadowed in a way this check can tell.
+        if entry.mode != Mode::Http || !entry.hosts.is_empty() {
             continue;
         }
         let mine = &by_entry[i];

@@ -6,12 +6,14 @@
 //! with its `file:line:col`; parsing takes text, not paths, so tests feed it strings.
 
 mod diagnostic;
+mod entry_rules;
 mod grammar;
 pub mod key;
 mod lint;
 pub mod model;
 pub mod raw;
 mod resolve;
+pub mod rules;
 mod suggest;
 mod tls;
 mod values;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{ConfigErrors, Diagnostic, Severity};
 pub use model::*;
+pub use rules::{HostPattern, ProxyVersion, Rules};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,8 @@ pub struct Listener {
     /// The address as written: the `listener` label of the TLS statistics.
     pub text: String,
     pub tls: bool,
+    /// `proxy`: connections begin with a PROXY protocol header (SPEC section 10).
+    pub proxy: bool,
     pub span: Span,
 }
 
@@ -187,6 +189,11 @@ pub struct Entry {
     /// `BackendTLSVerify` (default on) and `BackendCA` (default: the system's).
     pub backend_verify: bool,
     pub backend_ca: Option<PathBuf>,
+    /// `Host`: the names this entry takes; empty takes any host (SPEC section 9).
+    pub hosts: Vec<super::rules::HostPattern>,
+    /// `Match` was given (an entry with `Host` and no `Match` takes every path).
+    pub has_match: bool,
+    pub rules: super::rules::Rules,
     pub span: Span,
 }
 
@@ -244,6 +251,10 @@ pub struct Global {
     pub global_max_connections: Option<u32>,
     pub statistics_url: Option<String>,
     pub statistics_allow: Vec<Cidr>,
+    /// `TrustedProxies`: peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The defaults' `ResponseHeader` rules: on answers no entry gave (404, 400).
+    pub response_headers: Vec<super::rules::HeaderRule>,
     pub access_log: Option<PathBuf>,
     pub error_log: Option<PathBuf>,
     /// `None` is `auto`: one per core.
@@ -260,11 +271,22 @@ pub struct Config {
     pub entries: Vec<Entry>,
     /// Compiled `Match` patterns of every http entry.
     pub router: Router,
+    /// Routing by host, when an entry has `Host` (None: the path alone decides).
+    pub hosts: Option<crate::route::HostRoutes>,
     /// Things `--check` prints that do not stop the config from loading.
     pub warnings: Vec<crate::config::Diagnostic>,
 }
 
 impl Config {
+    /// The entry and pattern that take a request: by host when any entry has
+    /// `Host`, then by the normalised path.
+    pub fn route(&self, host: Option<&str>, path: &[u8]) -> Option<crate::route::RouteMatch> {
+        match &self.hosts {
+            Some(h) => h.route(host, path),
+            None => self.router.route(path),
+        }
+    }
+
     pub fn threads(&self) -> usize {
         match self.global.threads {
             Some(n) => n as usize,

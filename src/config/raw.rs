@@ -55,7 +55,14 @@ pub enum Value {
         text: String,
         addr: AddrText,
         tls: bool,
+        proxy: bool,
     },
+    /// Tokens with their places (`Host`).
+    Tokens(Vec<Spanned<String>>),
+    /// The rest of the line (rates, sizes, redirects, header rules).
+    Words(String),
+    /// `SendProxy v1|v2`.
+    ProxyVersion(u8),
     Path(String),
     /// `TLSCertificate CERT [KEY]`.
     Certificate {
@@ -470,6 +477,17 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Rule::error_log => Key::ErrorLog,
         Rule::threads => Key::Threads,
         Rule::shutdown_timeout => Key::ShutdownTimeout,
+        Rule::host_dir => Key::Host,
+        Rule::allow => Key::Allow,
+        Rule::deny => Key::Deny,
+        Rule::rate_limit => Key::RateLimit,
+        Rule::redirect => Key::Redirect,
+        Rule::max_body_size => Key::MaxBodySize,
+        Rule::strip_prefix => Key::StripPrefix,
+        Rule::request_header => Key::RequestHeader,
+        Rule::response_header => Key::ResponseHeader,
+        Rule::trusted_proxies => Key::TrustedProxies,
+        Rule::send_proxy => Key::SendProxy,
         other => return Err((span, format!("unexpected {other:?}"), None)),
     };
     let Some(first) = first else {
@@ -478,11 +496,18 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
     let value = match key {
         Key::Listen => {
             let addr = addr_text(&first);
-            let tls = values.next().is_some();
+            let (mut tls, mut proxy) = (false, false);
+            for flag in values {
+                match flag.as_rule() {
+                    Rule::proxy_flag => proxy = true,
+                    _ => tls = true,
+                }
+            }
             Value::Listen {
                 text: first_str,
                 addr,
                 tls,
+                proxy,
             }
         }
         Key::TlsCertificate => Value::Certificate {
@@ -622,8 +647,28 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
             Some(Rule::splice_off) => SpliceMode::Off,
             _ => SpliceMode::Auto,
         }),
-        Key::StatisticsUrl => Value::Path(first_str),
-        Key::StatisticsAllow => Value::Cidrs(
+        Key::StatisticsUrl | Key::StripPrefix => Value::Path(first_str),
+        Key::RateLimit
+        | Key::Redirect
+        | Key::MaxBodySize
+        | Key::RequestHeader
+        | Key::ResponseHeader => Value::Words(first_str),
+        Key::SendProxy => {
+            Value::ProxyVersion(match first.into_inner().next().map(|p| p.as_rule()) {
+                Some(Rule::proxy_v1) => 1,
+                _ => 2,
+            })
+        }
+        Key::Host => Value::Tokens(
+            std::iter::once(first)
+                .chain(values)
+                .map(|p| Spanned {
+                    span: span_of(&p, line),
+                    value: p.as_str().to_string(),
+                })
+                .collect(),
+        ),
+        Key::StatisticsAllow | Key::Allow | Key::Deny | Key::TrustedProxies => Value::Cidrs(
             std::iter::once(first)
                 .chain(values)
                 .map(|p| Spanned {

@@ -126,12 +126,19 @@ impl<'r> Resolver<'r> {
     fn listeners(&mut self, ds: &[&Directive]) -> Vec<Listener> {
         let mut out = Vec::new();
         for d in ds {
-            if let Value::Listen { addr, tls, text } = &d.value {
+            if let Value::Listen {
+                addr,
+                tls,
+                text,
+                proxy,
+            } = &d.value
+            {
                 match values::address(addr, true) {
                     Ok(a) => out.push(Listener {
                         addr: a,
                         text: text.clone(),
                         tls: *tls,
+                        proxy: *proxy,
                         span: d.value_span,
                     }),
                     Err(m) => self.error(d.value_span, format!("Listen `{text}`: {m}"), None),
@@ -266,6 +273,8 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         global_max_connections: None,
         statistics_url: path_of(dk.one(Key::StatisticsUrl)).map(|p| p.to_string_lossy().into()),
         statistics_allow: Vec::new(),
+        trusted_proxies: Vec::new(),
+        response_headers: Vec::new(),
         access_log: match dk.one(Key::AccessLog).map(|d| &d.value) {
             Some(Value::Path(p)) => Some(PathBuf::from(p)),
             _ => None,
@@ -294,16 +303,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             values::cidr("::1").expect("constant"),
         ];
     }
-    for d in allow {
-        if let Value::Cidrs(list) = &d.value {
-            for c in list {
-                match values::cidr(&c.value) {
-                    Ok(c) => global.statistics_allow.push(c),
-                    Err(m) => r.error(c.span, format!("StatisticsAllow: {m}"), None),
-                }
-            }
-        }
-    }
+    global.statistics_allow.extend(r.cidrs(allow));
+    global.trusted_proxies = r.cidrs(dk.all(Key::TrustedProxies));
+    global.response_headers = r.header_rules(dk.all(Key::ResponseHeader), false);
     let default_listen = r.listeners(dk.all(Key::Listen));
 
     // Entries.
@@ -342,7 +344,8 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             ek.all(Key::ServerList)
         };
         let servers = r.servers(server_ds);
-        if server_ds.is_empty() && !s.had_errors && !defaults_broken {
+        let redirects = ek.one(Key::Redirect).is_some();
+        if server_ds.is_empty() && !redirects && !s.had_errors && !defaults_broken {
             r.error(
                 s.span,
                 format!("entry `{name}` has no ServerList (in the entry or in [PROXY_DEFAULTS])"),
@@ -389,7 +392,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                 }
             }
         }
-        if mode == Mode::Http && ek.all(Key::Match).is_empty() && !s.had_errors {
+        let hosts = r.hosts(ek.all(Key::Host));
+        if mode == Mode::Http && ek.all(Key::Match).is_empty() && hosts.is_empty() && !s.had_errors
+        {
             r.error(
                 s.span,
                 format!("http entry `{name}` has no `Match` line"),
@@ -416,7 +421,18 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                         None,
                     );
                 }
-                for k in [Key::StickyCookie, Key::StickyTimeout, Key::StickyTableSize] {
+                for k in [
+                    Key::StickyCookie,
+                    Key::StickyTimeout,
+                    Key::StickyTableSize,
+                    Key::Host,
+                    Key::RateLimit,
+                    Key::Redirect,
+                    Key::StripPrefix,
+                    Key::MaxBodySize,
+                    Key::RequestHeader,
+                    Key::ResponseHeader,
+                ] {
                     if let Some(d) = ek.one(k) {
                         r.error(
                             d.span,
@@ -501,7 +517,16 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
             r.check_backend_ca(backend_ca_d);
             None
         };
+        let rules = r.rules(&ek, &dk, mode);
+        if mode == Mode::Http && entry_patterns.is_empty() && !hosts.is_empty() {
+            // `Host` without `Match`: every path of those hosts.
+            entry_patterns.push("^".to_string());
+            patterns.push((n, "^".to_string(), s.span));
+        }
         entries.push(Entry {
+            has_match: !ek.all(Key::Match).is_empty(),
+            hosts,
+            rules,
             name,
             mode,
             patterns: entry_patterns,
@@ -531,6 +556,7 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
                 addr: Address::Inet(std::net::SocketAddr::from(([0, 0, 0, 0], 8080))),
                 text: "0.0.0.0:8080".into(),
                 tls: false,
+                proxy: false,
                 span: Span::default(),
             }]
         } else {
@@ -593,11 +619,20 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         all.dedup();
         return Err(ConfigErrors(all));
     }
+    let hosts = if entries.iter().any(|e| !e.hosts.is_empty()) {
+        let by_entry: Vec<_> = entries.iter().map(|e| e.hosts.clone()).collect();
+        let list: Vec<(usize, String)> = patterns.iter().map(|(e, p, _)| (*e, p.clone())).collect();
+        // The patterns compiled above: they compile again here.
+        crate::route::HostRoutes::build(&by_entry, &list).ok()
+    } else {
+        None
+    };
     let mut config = Config {
         source,
         global,
         entries,
         router,
+        hosts,
         warnings: Vec::new(),
     };
     config.warnings = lint::warnings(&raw, &config, &patterns);

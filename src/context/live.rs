@@ -19,6 +19,8 @@ pub struct EntryRuntime {
     pub sticky: Option<Arc<StickyTable>>,
     /// Per server: rendezvous salt (hash of the address as written).
     pub salts: Vec<u64>,
+    /// `RateLimit`: the buckets of this entry's clients.
+    pub rate: Option<Arc<crate::context::rate_limit::RateTable>>,
 }
 
 /// A `tls` listener as the handshake sees it.
@@ -40,6 +42,8 @@ pub struct Live {
     pub entries: Vec<EntryRuntime>,
     /// Worker threads the counters are sized for.
     pub workers: usize,
+    /// Listeners whose connections start with a PROXY protocol header.
+    pub proxy_listeners: Vec<crate::config::Address>,
 }
 
 impl Live {
@@ -103,7 +107,12 @@ impl Live {
                     }
                     _ => None,
                 };
+                let rate = e
+                    .rules
+                    .rate_limit
+                    .map(|_| old.and_then(|o| o.rate.clone()).unwrap_or_default());
                 EntryRuntime {
+                    rate,
                     servers,
                     balancer: balance::build(e.balancer, &e.servers),
                     stats,
@@ -113,11 +122,20 @@ impl Live {
             })
             .collect();
         let tls = tls_listeners(&config, previous);
+        let proxy_listeners = config
+            .global
+            .listen
+            .iter()
+            .chain(config.entries.iter().flat_map(|e| e.listen.iter()))
+            .filter(|l| l.proxy)
+            .map(|l| l.addr.clone())
+            .collect();
         Live {
             config: Arc::new(config),
             tls,
             entries,
             workers,
+            proxy_listeners,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod live;
 pub mod park;
+pub mod rate_limit;
 pub mod shutdown;
 
 use rustc_hash::FxHashMap;
@@ -58,6 +59,10 @@ pub struct Worker {
     pub log_date: RefCell<(u64, String)>,
     /// Rendered statistics pages, rebuilt at most every 250 ms.
     pub stats_pages: crate::stats::cache::PageCache,
+    /// `SendProxy` backend connections, each kept for the one client connection
+    /// (by its fd) whose PROXY header it carries; removed when that connection
+    /// ends (`PrivateBackends` guard), before its fd can be reused.
+    pub private_backends: RefCell<FxHashMap<RawFd, (crate::config::Address, crate::net::Stream)>>,
     pub shutdown: Shutdown,
 }
 
@@ -97,6 +102,7 @@ impl Worker {
             listen_fds: RefCell::new(Vec::new()),
             log_buf: RefCell::new(Vec::new()),
             stats_pages: Default::default(),
+            private_backends: Default::default(),
             log_date: RefCell::new((0, String::new())),
             shutdown,
         }
@@ -108,6 +114,7 @@ impl Worker {
     pub fn park(
         &self,
         client: crate::net::Stream,
+        peer: crate::net::listen::Peer,
         deadline: u64,
     ) -> Result<(), crate::net::Stream> {
         if self.shutdown.started() {
@@ -128,7 +135,7 @@ impl Worker {
         // SAFETY: `dup` is a fresh fd nobody else owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(dup) };
         let (sock, session) = client.split_session();
-        if let Err((e, session)) = self.parked.park(fd, tcp, deadline, session) {
+        if let Err((e, session)) = self.parked.park(fd, tcp, deadline, session, peer) {
             self.park_failed(e);
             return Err(crate::net::Stream::rejoin(sock, session));
         }
@@ -185,6 +192,19 @@ impl Worker {
                 &mut *buf,
                 crate::accesslog::spare_buffer(),
             ));
+        }
+    }
+}
+
+/// Drops a client connection's `SendProxy` backend connection when the client
+/// connection ends (declared after the client stream, so it runs first).
+pub struct PrivateBackends<'a>(pub &'a Worker, pub RawFd);
+
+impl Drop for PrivateBackends<'_> {
+    fn drop(&mut self) {
+        let mut map = self.0.private_backends.borrow_mut();
+        if !map.is_empty() {
+            map.remove(&self.1);
         }
     }
 }

@@ -41,6 +41,10 @@ struct Slot {
     /// A TLS connection's session (its keys and sequence numbers): the task and
     /// the socket's registration go, the session must stay.
     tls: Option<Box<TlsSession>>,
+    /// The client as the connection knew it (from a PROXY header, maybe): the
+    /// socket's own peer may be only the balancer in front.
+    peer: Option<std::net::SocketAddr>,
+    dest: Option<std::net::SocketAddr>,
 }
 
 pub struct Parking {
@@ -83,6 +87,7 @@ impl Parking {
         tcp: bool,
         deadline: u64,
         tls: Option<Box<TlsSession>>,
+        peer: Peer,
     ) -> Result<(), (io::Error, Option<Box<TlsSession>>)> {
         let raw = fd.as_raw_fd();
         let mut ev = libc::epoll_event {
@@ -96,9 +101,16 @@ impl Parking {
         // The set owns the fd from here: closed by `expire`, `close_all` or drop,
         // or handed out again by `take_ready`.
         let fd = fd.into_raw_fd();
-        self.conns
-            .borrow_mut()
-            .insert(fd, Slot { deadline, tcp, tls });
+        self.conns.borrow_mut().insert(
+            fd,
+            Slot {
+                deadline,
+                tcp,
+                tls,
+                peer: peer.addr,
+                dest: peer.dest,
+            },
+        );
         Ok(())
     }
 
@@ -132,8 +144,11 @@ impl Parking {
                     };
                     // SAFETY: the set owned `fd`; ownership moves to the caller.
                     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    // Still connected (getpeername) and known by its address.
+                    let connected = !slot.tcp || peer_addr(&fd).is_some();
                     let peer = Peer {
-                        addr: slot.tcp.then(|| peer_addr(&fd)).flatten(),
+                        addr: slot.peer.filter(|_| connected),
+                        dest: slot.dest,
                     };
                     out.push(Parked {
                         fd,

@@ -7,7 +7,7 @@
 //! checked slicing because a caller might hand it any bytes.
 
 /// `tchar` from RFC 9110 §5.6.2.
-pub(crate) fn is_tchar(b: u8) -> bool {
+pub fn is_tchar(b: u8) -> bool {
     matches!(b,
         b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9'
         | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+'

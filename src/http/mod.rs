@@ -22,7 +22,7 @@ pub mod response;
 pub mod rewrite;
 
 pub use chunked::{ChunkError, ChunkStep, ChunkedScanner, MAX_CHUNK_LINE, MAX_TRAILERS};
-pub use fields::{cannot_start_a_request, head_may_be_complete, HeaderLine, Headers};
+pub use fields::{cannot_start_a_request, head_may_be_complete, is_tchar, HeaderLine, Headers};
 pub use path::normalize_path;
 pub use request::{parse_request, BodyFraming, Method, RequestError, RequestHead};
 pub use response::{parse_response, ResponseError, ResponseFraming, ResponseHead};

@@ -23,6 +23,9 @@ pub struct Listener {
 pub struct Peer {
     /// `None` for unix-socket clients.
     pub addr: Option<SocketAddr>,
+    /// The address the client connected to, when a PROXY protocol header said
+    /// it (`None`: this socket's own local address).
+    pub dest: Option<SocketAddr>,
 }
 
 impl Peer {
@@ -203,9 +206,13 @@ impl Registered {
             let sa = unsafe { socket2::SockAddr::new(storage, len) };
             Peer {
                 addr: sa.as_socket(),
+                dest: None,
             }
         } else {
-            Peer { addr: None }
+            Peer {
+                addr: None,
+                dest: None,
+            }
         };
         Ok((Stream::from_fd(owned, tcp)?, peer))
     }

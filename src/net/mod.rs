@@ -13,6 +13,7 @@ pub mod connect;
 pub mod io;
 pub mod linger;
 pub mod listen;
+pub mod proxy_protocol;
 pub mod splice;
 pub mod stream;
 pub mod tls;

@@ -78,6 +78,7 @@ pub async fn forward_to_eof(
 /// `from`. Returns the offset in `buf` just past the body, and the body's size on
 /// the wire; `buf` may have been compacted on the way (bytes before the returned
 /// offset are gone or forwarded), and bytes after it belong to the next message.
+#[allow(clippy::too_many_arguments)] // the two sockets, the buffer and its position, and three limits
 pub async fn forward_chunked(
     w: &Worker,
     from: &Stream,
@@ -86,16 +87,36 @@ pub async fn forward_chunked(
     mut pos: usize,
     mode: SpliceMode,
     t: Duration,
+    limit: u64,
 ) -> io::Result<(usize, u64)> {
     let bad = |e: crate::http::ChunkError| io::Error::new(io::ErrorKind::InvalidData, e.0);
     let mut sc = ChunkedScanner::new();
+    // Data bytes announced so far, against `limit` (`MaxBodySize`; 0: none);
+    // each chunk counted once, at its first `Data` step.
+    let mut announced = 0u64;
+    let mut counted = false;
     // Bytes of `buf` before `sent` are already written to `to`.
     let mut sent = pos;
     let mut total = 0u64;
     loop {
         let mut need_more = false;
         match sc.step(&buf[pos..]).map_err(bad)? {
-            ChunkStep::Framing(n) => pos += n,
+            ChunkStep::Framing(n) => {
+                pos += n;
+                counted = false;
+            }
+            ChunkStep::Data(n) if limit > 0 && !counted => {
+                counted = true;
+                announced = announced.saturating_add(n);
+                if announced > limit {
+                    // Refused when the chunk is announced, before its bytes go.
+                    return Err(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "chunked body larger than MaxBodySize",
+                    ));
+                }
+                // Go round again: the next step is this same Data.
+            }
             ChunkStep::Data(n) => {
                 let k = n.min((buf.len() - pos) as u64);
                 if k > 0 {

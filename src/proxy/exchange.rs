@@ -59,6 +59,10 @@ pub struct Request<'a> {
     pub reused: bool,
     /// Client-side stall limit (`IdleTimeout`).
     pub idle: Duration,
+    /// `%{request_id}` (0 when no rule sends one).
+    pub request_id: u64,
+    /// The address appended to `X-Forwarded-For`: the connection's peer.
+    pub hop: Option<std::net::IpAddr>,
 }
 
 /// Bodies, tunnels and slow writes run in futures of their own (boxed when they
@@ -80,6 +84,17 @@ pub async fn exchange(
         idle: req.idle,
         bt: req.entry.timeouts.backend,
         interim: std::cell::Cell::new(0),
+        entry: req.entry,
+        client_ip: req.peer.ip(),
+        request_id: req.request_id,
+        host: if req.entry.rules.response_headers.is_empty() {
+            Vec::new()
+        } else {
+            req.head
+                .host
+                .clone()
+                .map_or(Vec::new(), |r| buf[r].to_vec())
+        },
     };
     let mut out = w.bufs.take();
     let r = match ex.send_request(buf, req, &mut out).await {
@@ -108,6 +123,12 @@ struct Exchange<'a> {
     bt: Duration,
     /// Interim (1xx) responses relayed so far for this request.
     interim: std::cell::Cell<u8>,
+    /// The entry (its rules edit the heads).
+    entry: &'a Entry,
+    client_ip: Option<std::net::IpAddr>,
+    request_id: u64,
+    /// The request's `Host`, kept for `ResponseHeader` rules (empty without).
+    host: Vec<u8>,
 }
 
 /// SPEC section 12: a backend may send at most this many interim (1xx)
@@ -130,6 +151,28 @@ struct Sent {
 }
 
 impl Exchange<'_> {
+    /// What `%{...}` stands for in this exchange's rules.
+    fn vars<'h>(&'h self, host: &'h [u8]) -> crate::proxy::rules::Vars<'h> {
+        crate::proxy::rules::Vars {
+            client: self.client_ip,
+            host,
+            tls: self.client.is_tls(),
+            route: &self.entry.name,
+            request_id: self.request_id,
+        }
+    }
+
+    /// `StripPrefix` and `RequestHeader` on the head written for the backend.
+    fn edit_request(&self, buf: &[u8], req: &Request<'_>, out: &mut Vec<u8>) {
+        let rules = &req.entry.rules;
+        if let Some(p) = &rules.strip_prefix {
+            crate::proxy::rules::strip_prefix(out, p);
+        }
+        if !rules.request_headers.is_empty() {
+            let host = self.head.host.clone().map_or(&b""[..], |r| &buf[r]);
+            crate::proxy::rules::edit_headers(out, &rules.request_headers, &self.vars(host));
+        }
+    }
     /// Send the request head, and with it the body bytes read along with it unless
     /// the client waits for `100 Continue`.
     async fn send_request(
@@ -140,7 +183,7 @@ impl Exchange<'_> {
     ) -> Result<Sent, Fail> {
         let head = self.head;
         let info = ForwardInfo {
-            client_ip: req.peer.ip(),
+            client_ip: req.hop,
             proto: if self.client.is_tls() {
                 "https"
             } else {
@@ -150,6 +193,10 @@ impl Exchange<'_> {
             client_cert_subject: self.client.client_subject(),
         };
         http::write_request_head(buf, head, &info, out);
+        let rules = &req.entry.rules;
+        if rules.strip_prefix.is_some() || !rules.request_headers.is_empty() {
+            self.edit_request(buf, req, out);
+        }
 
         // Body bytes already read with the head ride in the same write.
         let body_start = head.head_len;
@@ -314,6 +361,7 @@ impl Exchange<'_> {
                 sent.body_start,
                 self.splice,
                 self.idle,
+                self.entry.rules.max_body,
             ))
             .await
             .map_err(|e| side_error(e, "request body")),
@@ -385,6 +433,10 @@ impl Exchange<'_> {
         client_keep: bool,
     ) -> Result<(u64, bool), Fail> {
         http::write_response_head(rbuf, rh, client_keep, out);
+        if !self.entry.rules.response_headers.is_empty() {
+            let vars = self.vars(&self.host);
+            crate::proxy::rules::edit_headers(out, &self.entry.rules.response_headers, &vars);
+        }
         let head_bytes = out.len() as u64;
         let in_rbuf = match rh.framing {
             ResponseFraming::ContentLength(n) => (n as usize).min(rbuf.len() - rh.head_len),
@@ -428,6 +480,7 @@ impl Exchange<'_> {
                     rh.head_len,
                     splice,
                     bt,
+                    0,
                 ))
                 .await
                 .map_err(cut)?;
@@ -491,6 +544,7 @@ fn cut(e: io::Error) -> Fail {
 fn side_error(e: io::Error, what: &str) -> Fail {
     match e.kind() {
         io::ErrorKind::InvalidData => Fail::Status(400, format!("{what}: {e}")),
+        io::ErrorKind::FileTooLarge => Fail::Status(413, format!("{what}: {e}")),
         io::ErrorKind::UnexpectedEof => Fail::Abort(format!("{what}: client closed early")),
         _ => Fail::Status(502, format!("{what}: {e}")),
     }

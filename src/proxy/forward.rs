@@ -20,6 +20,16 @@ use crate::upstream::clock::now_ms;
 use crate::upstream::server::{ActiveSlot, ProbeGuard};
 use crate::upstream::ServerState;
 
+/// Who sent a request: the client (after PROXY protocol and `TrustedProxies`),
+/// the hop it came through (appended to `X-Forwarded-For`), and the request id.
+#[derive(Clone, Copy)]
+pub struct Who {
+    pub client: Peer,
+    pub hop: Option<std::net::IpAddr>,
+    /// `%{request_id}` (0 when no rule sends one).
+    pub request_id: u64,
+}
+
 /// One request on its way to a backend: what every attempt, on every server, reads.
 struct Forward<'a> {
     w: &'a Worker,
@@ -33,6 +43,12 @@ struct Forward<'a> {
     sticky_key: Option<(StickyKind, u64)>,
     /// The balancer weighs servers by bytes moved or time busy.
     tracks_load: bool,
+    /// `%{request_id}` (0 when no rule sends one).
+    request_id: u64,
+    hop: Option<std::net::IpAddr>,
+    /// The request's `Host`, for `ResponseHeader` rules on 502/503/504 (empty
+    /// when the entry has none).
+    host: Vec<u8>,
 }
 
 /// Pick a server of the entry, connect (with availability and failover), run the
@@ -42,10 +58,11 @@ pub(super) async fn proxy(
     live: &Arc<Live>,
     entry_index: usize,
     client: &Stream,
-    peer: Peer,
+    who: Who,
     buf: &mut Vec<u8>,
     head: &RequestHead,
 ) -> Served {
+    let peer = who.client;
     let config = &live.config;
     let entry = &config.entries[entry_index];
     let f = Forward {
@@ -55,6 +72,13 @@ pub(super) async fn proxy(
         head,
         entry,
         rt: &live.entries[entry_index],
+        request_id: who.request_id,
+        hop: who.hop,
+        host: if entry.rules.response_headers.is_empty() {
+            Vec::new()
+        } else {
+            head.host.clone().map_or(Vec::new(), |r| buf[r].to_vec())
+        },
         idle: config.global.idle_timeout,
         sticky_key: entry.sticky.as_ref().and_then(|st| {
             crate::upstream::sticky::cookie_value(head.headers(buf), st.cookie.as_bytes())
@@ -111,6 +135,17 @@ struct Unreached {
 }
 
 impl Forward<'_> {
+    /// What `%{...}` stands for in simian's own answers to this request.
+    fn vars(&self) -> crate::proxy::rules::Vars<'_> {
+        crate::proxy::rules::Vars {
+            client: self.peer.ip(),
+            host: &self.host,
+            tls: self.client.is_tls(),
+            route: &self.entry.name,
+            request_id: self.request_id,
+        }
+    }
+
     /// The next server to try, among those not tried yet.
     fn pick(&self, tried: &Tried, now: u64, first_pick: bool) -> Option<usize> {
         let rt = self.rt;
@@ -149,6 +184,8 @@ impl Forward<'_> {
                 entry: self.entry,
                 reused,
                 idle: self.idle,
+                request_id: self.request_id,
+                hop: self.hop,
             };
             match exchange(self.w, self.client, &backend, buf, &req).await {
                 Ok(done) => return Ok(self.finish(i, probe, started_ms, done, backend)),
@@ -168,7 +205,9 @@ impl Forward<'_> {
                         server.spec.text
                     );
                     let head_only = self.head.method == Method::Head;
-                    send_error(self.client, status, "", head_only, self.w).await;
+                    let vars = self.vars();
+                    let rules = (&self.entry.rules.response_headers[..], &vars);
+                    send_error(self.client, status, "", head_only, self.w, rules).await;
                     return Ok(Served {
                         server: Some(i),
                         ..Served::simian(status, None)
@@ -200,6 +239,24 @@ impl Forward<'_> {
         fresh: bool,
     ) -> Result<(Stream, bool), Unreached> {
         let addr = &server.spec.addr;
+        // With SendProxy a backend connection carries one client's header: it is
+        // reused for that client connection only, never from the shared pool.
+        if self.entry.rules.send_proxy.is_some() {
+            let mine = (!fresh)
+                .then(|| {
+                    self.w
+                        .private_backends
+                        .borrow_mut()
+                        .remove(&self.client.fd())
+                })
+                .flatten();
+            if let Some((a, b)) = mine {
+                if a == *addr && !b.is_stale() {
+                    return Ok((b, true));
+                }
+            }
+        }
+        let fresh = fresh || self.entry.rules.send_proxy.is_some();
         if let Some(b) = (!fresh)
             .then(|| {
                 let tls = server.spec.tls.as_ref();
@@ -220,6 +277,18 @@ impl Forward<'_> {
         {
             Ok(b) => {
                 server.connect_succeeded();
+                if let Some(v) = self.entry.rules.send_proxy {
+                    let mut h = Vec::new();
+                    let c = self.client;
+                    crate::proxy::client_address::send_proxy_header(v, self.peer, c, &mut h);
+                    let t = self.entry.timeouts.connect;
+                    if let Err(e) = crate::net::io::write_all(&b, &h, t).await {
+                        return Err(Unreached {
+                            why: format!("sending the PROXY header to {}: {e}", server.spec.text),
+                            local: false,
+                        });
+                    }
+                }
                 Ok((b, false))
             }
             Err(e) => {
@@ -274,7 +343,11 @@ impl Forward<'_> {
                 .busy_ms
                 .fetch_add(now_ms().saturating_sub(started_ms), Relaxed);
         }
-        if done.backend_reusable {
+        if done.backend_reusable && self.entry.rules.send_proxy.is_some() {
+            let key = self.client.fd();
+            let kept = (server.spec.addr.clone(), backend);
+            self.w.private_backends.borrow_mut().insert(key, kept);
+        } else if done.backend_reusable {
             self.w.backends.put(&server.spec.addr, backend);
         }
         if let (Some((StickyKind::Table, key)), Some(table)) = (self.sticky_key, &self.rt.sticky) {
@@ -311,7 +384,9 @@ impl Forward<'_> {
             show(self.peer)
         );
         let head_only = self.head.method == Method::Head;
-        send_error(self.client, status, extra, head_only, self.w).await;
+        let vars = self.vars();
+        let rules = (&self.entry.rules.response_headers[..], &vars);
+        send_error(self.client, status, extra, head_only, self.w, rules).await;
         Served::simian(status, None)
     }
 }

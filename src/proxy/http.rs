@@ -32,6 +32,7 @@ use crate::upstream::clock::now_ms;
 /// connection that sends nothing would hold a `GlobalMaxConnections` slot that long.
 /// A parked connection coming back has served requests already.
 pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer, fresh: bool) {
+    let _private = crate::context::PrivateBackends(w, client.fd());
     // Bytes of the next request already read (pipelining), if any. HTTP
     // listeners defer accept until the first bytes are in, so a new connection
     // is read at once, without a readiness round trip; one that still has
@@ -71,7 +72,7 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer, fresh: bool) 
                 match wait_request(w, &client, idle, may_park).await {
                     Wait::Request => {}
                     Wait::Close => return,
-                    Wait::Park { deadline } => match w.park(client, deadline) {
+                    Wait::Park { deadline } => match w.park(client, peer, deadline) {
                         Ok(()) => return,
                         // Could not park (fd or epoll limits): wait in the task.
                         Err(c) => {
@@ -110,7 +111,16 @@ async fn request(w: &Rc<Worker>, client: &Stream, peer: Peer, mut buf: Vec<u8>) 
         }
         Err(HeadError::Reject(status, why)) => {
             crate::info!("client {}: {status}: {why}", show(peer));
-            Box::pin(send_error(client, status, "", false, w)).await;
+            let g = &live.config.global;
+            let vars = crate::proxy::rules::Vars {
+                client: peer.ip(),
+                host: b"",
+                tls: client.is_tls(),
+                route: "-",
+                request_id: 0,
+            };
+            let rules = (&g.response_headers[..], &vars);
+            Box::pin(send_error(client, status, "", false, w, rules)).await;
             w.bufs.give(buf);
             return None;
         }
@@ -279,9 +289,14 @@ pub(super) async fn send_error(
     extra_headers: &str,
     head_only: bool,
     w: &Worker,
+    rules: (
+        &[crate::config::rules::HeaderRule],
+        &crate::proxy::rules::Vars<'_>,
+    ),
 ) {
     let mut out = w.bufs.take();
-    http::error_response_with(status, true, extra_headers, head_only, &mut out);
+    let head_len = http::error_response_with(status, true, extra_headers, head_only, &mut out);
+    crate::proxy::rules::edit_answer(&mut out, head_len, rules.0, rules.1);
     if nio::write_all(client, &out, Duration::from_secs(5))
         .await
         .is_ok()
@@ -325,6 +340,23 @@ async fn handle(
 ) -> Option<usize> {
     let t0 = Instant::now();
     let config = &live.config;
+    // `peer` is the connection's (after any PROXY header); with TrustedProxies
+    // the client may be further back, named by X-Forwarded-For.
+    let hop = peer;
+    let peer = if config.global.trusted_proxies.is_empty() {
+        peer
+    } else {
+        let ip = crate::proxy::client_address::trusted_client(
+            &config.global.trusted_proxies,
+            peer.ip(),
+            buf,
+            head,
+        );
+        Peer {
+            addr: ip.map(|ip| std::net::SocketAddr::new(ip, peer.port())),
+            dest: peer.dest,
+        }
+    };
     if let Some(url) = &config.global.statistics_url {
         if &buf[head.path.clone()] == url.as_bytes() {
             return Box::pin(crate::proxy::statistics::serve(
@@ -336,7 +368,19 @@ async fn handle(
     let route = {
         let mut norm = w.path_scratch.borrow_mut();
         http::normalize_path(&buf[head.path.clone()], &mut norm);
-        config.router.route(&norm)
+        match &config.hosts {
+            None => config.router.route(&norm),
+            Some(_) => {
+                let mut scratch = [0u8; 256];
+                let field = head.host.clone().map(|r| &buf[r]);
+                let host = crate::route::hosts::request_host(
+                    &buf[head.target.clone()],
+                    field,
+                    &mut scratch,
+                );
+                config.route(host, &norm)
+            }
+        }
     };
     // The log needs the request line and two headers; the exchange may reuse `buf`
     // (chunked bodies), so copy them first, and only when there is a log.
@@ -345,24 +389,29 @@ async fn handle(
         .access_log
         .is_some()
         .then(|| LogFields::capture(w, buf, head));
+    let mut request_id = None;
     let (served, route_index) = match route {
         None => {
             crate::debug!("client {}: 404: no entry matches", show(peer));
-            let close = !head.keep_alive || head.framing != BodyFraming::None;
-            let mut out = w.bufs.take();
-            http::error_response(404, close, head.method == http::Method::Head, &mut out);
-            let ok = nio::write_all(client, &out, config.global.idle_timeout)
-                .await
-                .is_ok();
-            let mut s = Served::simian(404, (ok && !close).then_some(head.head_len));
-            s.bytes_to_client = out.len() as u64;
-            w.bufs.give(out);
-            (s, None)
+            (not_found(w, (client, peer), buf, head, config).await, None)
         }
-        Some(route) => (
-            forward::proxy(w, live, route.entry, client, peer, buf, head).await,
-            Some(route),
-        ),
+        Some(route) if config.entries[route.entry].rules.is_empty() => {
+            let who = forward::Who {
+                client: peer,
+                hop: hop.ip(),
+                request_id: 0,
+            };
+            (
+                forward::proxy(w, live, route.entry, client, who, buf, head).await,
+                Some(route),
+            )
+        }
+        Some(route) => {
+            let (served, route, id) =
+                Box::pin(with_rules(w, live, route, client, (peer, hop), buf, head)).await;
+            request_id = id;
+            (served, route)
+        }
     };
     let micros = t0.elapsed().as_micros() as u64;
     let received = head.head_len as u64 + served.body_from_client;
@@ -397,9 +446,166 @@ async fn handle(
             micros / 1000,
             server,
             route_name,
+            request_id,
         );
     }
     served.keep
+}
+
+/// A request whose entry has rules (SPEC section 9): answered by simian (403,
+/// 429, redirect, 413) or forwarded with its edits. Returns what was served, the
+/// route that served it (a TLS request passes `Redirect https` entries by), and
+/// the request id when a rule sends one.
+async fn with_rules(
+    w: &Worker,
+    live: &Arc<Live>,
+    mut route: crate::route::RouteMatch,
+    client: &Stream,
+    (peer, hop): (Peer, Peer),
+    buf: &mut Vec<u8>,
+    head: &RequestHead,
+) -> (Served, Option<crate::route::RouteMatch>, Option<u64>) {
+    let config = &live.config;
+    let tls = client.is_tls();
+    if tls {
+        while crate::proxy::rules::passes_over_tls(&config.entries[route.entry]) {
+            match next_route(config, buf, head, route.entry) {
+                Some(r) => route = r,
+                None => {
+                    let s = not_found(w, (client, peer), buf, head, config).await;
+                    return (s, None, None);
+                }
+            }
+        }
+    }
+    let entry = &config.entries[route.entry];
+    let request_id = entry.rules.uses_request_id().then(next_request_id);
+    let host = head.host.clone().map_or(&b""[..], |r| &buf[r]);
+    let vars = crate::proxy::rules::Vars {
+        client: peer.ip(),
+        host,
+        tls,
+        route: &entry.name,
+        request_id: request_id.unwrap_or(0),
+    };
+    let rate = live.entries[route.entry].rate.as_deref();
+    let verdict = crate::proxy::rules::check(entry, rate, buf, head, &vars, now_ms());
+    let served = match verdict {
+        Some(a) => {
+            crate::info!(
+                "entry {}: {} for client {}: {}",
+                entry.name,
+                a.status,
+                show(peer),
+                a.why
+            );
+            answer(w, client, head, entry, &vars, a).await
+        }
+        None => {
+            let who = forward::Who {
+                client: peer,
+                hop: hop.ip(),
+                request_id: request_id.unwrap_or(0),
+            };
+            forward::proxy(w, live, route.entry, client, who, buf, head).await
+        }
+    };
+    (served, Some(route), request_id)
+}
+
+/// The next entry after `after` that takes this request (host and path).
+fn next_route(
+    config: &crate::config::Config,
+    buf: &[u8],
+    head: &RequestHead,
+    after: usize,
+) -> Option<crate::route::RouteMatch> {
+    let mut norm = Vec::new();
+    http::normalize_path(&buf[head.path.clone()], &mut norm);
+    let mut scratch = [0u8; 256];
+    let field = head.host.clone().map(|r| &buf[r]);
+    let host = crate::route::hosts::request_host(&buf[head.target.clone()], field, &mut scratch);
+    config
+        .router
+        .all_matches(&norm)
+        .into_iter()
+        .filter(|m| m.entry > after)
+        .find(|m| {
+            let hosts = &config.entries[m.entry].hosts;
+            hosts.is_empty() || host.is_some_and(|h| hosts.iter().any(|p| p.matches(h)))
+        })
+}
+
+/// A unique id per request in this process (`%{request_id}`): the start time in
+/// the high bits, so ids do not repeat across restarts either.
+fn next_request_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if NEXT.load(Relaxed) == 0 {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() << 32);
+        let _ = NEXT.compare_exchange(0, seed, Relaxed, Relaxed);
+    }
+    NEXT.fetch_add(1, Relaxed)
+}
+
+/// 404: no entry takes the request.
+async fn not_found(
+    w: &Worker,
+    (client, peer): (&Stream, Peer),
+    buf: &[u8],
+    head: &RequestHead,
+    config: &crate::config::Config,
+) -> Served {
+    let close = !head.keep_alive || head.framing != BodyFraming::None;
+    let mut out = w.bufs.take();
+    let head_len = http::error_response(404, close, head.method == http::Method::Head, &mut out);
+    if !config.global.response_headers.is_empty() {
+        let vars = crate::proxy::rules::Vars {
+            client: peer.ip(),
+            host: head.host.clone().map_or(&b""[..], |r| &buf[r]),
+            tls: client.is_tls(),
+            route: "-",
+            request_id: 0,
+        };
+        let rules = &config.global.response_headers;
+        crate::proxy::rules::edit_answer(&mut out, head_len, rules, &vars);
+    }
+    let ok = nio::write_all(client, &out, config.global.idle_timeout)
+        .await
+        .is_ok();
+    let mut s = Served::simian(404, (ok && !close).then_some(head.head_len));
+    s.bytes_to_client = out.len() as u64;
+    w.bufs.give(out);
+    s
+}
+
+/// simian's own answer for a rule, with the entry's `ResponseHeader` rules. The
+/// connection stays open when no request body is pending.
+async fn answer(
+    w: &Worker,
+    client: &Stream,
+    head: &RequestHead,
+    entry: &crate::config::Entry,
+    vars: &crate::proxy::rules::Vars<'_>,
+    a: crate::proxy::rules::Answer,
+) -> Served {
+    let close = !head.keep_alive || head.framing != BodyFraming::None;
+    let head_only = head.method == http::Method::Head;
+    let mut out = w.bufs.take();
+    let head_len = http::error_response_with(a.status, close, &a.headers, head_only, &mut out);
+    crate::proxy::rules::edit_answer(&mut out, head_len, &entry.rules.response_headers, vars);
+    let ok = nio::write_all(client, &out, entry.timeouts.idle)
+        .await
+        .is_ok();
+    if ok && close {
+        crate::net::linger::discard_rest(client, &mut out).await;
+    }
+    let mut s = Served::simian(a.status, (ok && !close).then_some(head.head_len));
+    s.bytes_to_client = out.len() as u64;
+    w.bufs.give(out);
+    s
 }
 
 /// The request fields the access log needs, copied out of the request buffer.
@@ -443,8 +649,10 @@ impl LogFields {
         ms: u64,
         server: &str,
         route: &str,
+        request_id: Option<u64>,
     ) {
         let e = crate::accesslog::Entry {
+            request_id,
             client: peer.ip(),
             request_line: &self.buf[..self.line],
             status: s.status,

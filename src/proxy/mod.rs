@@ -2,9 +2,11 @@
 //! bodies, tunnels.
 
 pub mod body;
+pub mod client_address;
 pub mod exchange;
 pub mod forward;
 pub mod http;
+pub mod rules;
 pub mod statistics;
 pub mod tcp;
 pub mod tls;

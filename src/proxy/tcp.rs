@@ -89,6 +89,13 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
                 continue;
             }
         };
+        if let Some(v) = entry.rules.send_proxy {
+            let mut h = Vec::new();
+            crate::proxy::client_address::send_proxy_header(v, peer, &client, &mut h);
+            if nio::write_all(&backend, &h, idle).await.is_err() {
+                return;
+            }
+        }
         if !first.is_empty() && nio::write_all(&backend, &first, idle).await.is_err() {
             return;
         }

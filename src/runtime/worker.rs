@@ -315,6 +315,9 @@ async fn accept_loop(w: Rc<Worker>, l: Rc<Registered>, service: Service, stop: R
             match l.try_accept() {
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
+                    let live = w.live.load();
+                    let proxy =
+                        !live.proxy_listeners.is_empty() && live.proxy_listeners.contains(&l.addr);
                     let kind = match service {
                         Service::Http if w.live.load().tls_listener(&l.addr).is_some() => {
                             Kind::HttpTls(l.addr.clone())
@@ -322,7 +325,7 @@ async fn accept_loop(w: Rc<Worker>, l: Rc<Registered>, service: Service, stop: R
                         Service::Http => Kind::Http,
                         Service::Tcp => Kind::Tcp(l.addr.clone()),
                     };
-                    spawn_connection(&w, stream, peer, kind);
+                    spawn_connection(&w, stream, peer, kind, proxy);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     PROCESS.client_connections.fetch_sub(1, Relaxed);
@@ -358,6 +361,7 @@ fn spawn_connection(
     stream: crate::net::Stream,
     peer: crate::net::listen::Peer,
     kind: Kind,
+    proxy: bool,
 ) {
     let tasks = w.conns.get() - w.parked.len();
     if tasks > w.tasks_peak.get() {
@@ -366,6 +370,16 @@ fn spawn_connection(
     let w2 = w.clone();
     monoio::spawn(async move {
         let guard = ConnGuard(w2.clone());
+        // A `proxy` listener: the PROXY protocol header names the client, first.
+        let peer = if proxy {
+            let t = w2.live.load().config.global.head_timeout;
+            match crate::proxy::client_address::accept(&stream, peer, t).await {
+                Some(p) => p,
+                None => return,
+            }
+        } else {
+            peer
+        };
         // Each kind boxed at its own size: an idle HTTP connection must not carry
         // the (larger) state of a tcp tunnel.
         let conn: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> = match &kind {
@@ -422,7 +436,7 @@ async fn resume_parked(w: Rc<Worker>) {
             match crate::net::Stream::from_fd(p.fd, p.tcp) {
                 Ok(stream) => {
                     let stream = crate::net::Stream::rejoin(stream, p.tls);
-                    spawn_connection(&w, stream, p.peer, Kind::Resumed)
+                    spawn_connection(&w, stream, p.peer, Kind::Resumed, false)
                 }
                 Err(e) => {
                     crate::warn!("worker {}: cannot resume a parked connection: {e}", w.id);

@@ -19,4 +19,5 @@ pub const TLS_HANDSHAKES: &str = "simian_tls_handshakes_total";
 pub const TLS_CERT_EXPIRY: &str = "simian_tls_certificate_expiry_timestamp_seconds";
 pub const LOCAL_ERRORS: &str = "simian_local_errors_total";
 pub const LOG_LINES_DROPPED: &str = "simian_log_lines_dropped_total";
+pub const RATE_LIMITED: &str = "simian_rate_limited_total";
 pub const STICKY_ENTRIES: &str = "simian_sticky_table_entries";

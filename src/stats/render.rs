@@ -59,11 +59,15 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
     let (mut req, mut dur, mut rx, mut tx, mut mat) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut up, mut act, mut fail, mut off, mut hc) = (vec![], vec![], vec![], vec![], vec![]);
     let mut sticky = vec![];
+    let mut limited = vec![];
     for (e, rt) in c.entries.iter().zip(&live.entries) {
         let route = e.name.as_str();
         let s = &rt.stats;
         if let Some(t) = &rt.sticky {
             sticky.push(gauge(&[("route", route)], t.len() as f64));
+        }
+        if let Some(t) = &rt.rate {
+            limited.push(counter(&[("route", route)], t.limited.load(Relaxed)));
         }
         for (i, srv) in rt.servers.iter().enumerate() {
             let server = srv.spec.text.as_str();
@@ -173,6 +177,12 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
                 .zip(&p.local_errors)
                 .map(|(cause, n)| counter(&[("cause", cause)], n.load(Relaxed)))
                 .collect(),
+        ),
+        family(
+            RATE_LIMITED,
+            "Requests refused by the route's RateLimit (429).",
+            COUNTER,
+            limited,
         ),
         family(
             STICKY_ENTRIES,

@@ -15,7 +15,11 @@
 //! the time to build the set at load (15 ms per 1,000 patterns). The trie keeps both
 //! flat for prefix routes, which is what a config with thousands of entries has.
 
+pub mod hosts;
+
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+
+pub use hosts::HostRoutes;
 
 /// The compiled `Match` patterns of a configuration.
 #[derive(Debug, Clone)]
