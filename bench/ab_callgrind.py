@@ -4,9 +4,12 @@ on a noisy machine, unlike time): small keep-alive GETs through one worker (epol
 driver, as valgrind runs io_uring poorly) to an nginx origin. Per-request cost is
 (Ir at N2 requests - Ir at N1) / (N2 - N1), so start-up and shutdown cancel out.
 
-    python3 bench/ab_callgrind.py OLD_BINARY NEW_BINARY [--tls]
+    python3 bench/ab_callgrind.py OLD_BINARY NEW_BINARY [--tls] [--rules]
 
 --tls runs the same requests over TLS (keep-alive; handshakes cancel out too).
+--rules gives NEW's entry the request rules of issue 14's measure (Host, two
+RequestHeader rules, one ResponseHeader rule, a RateLimit that never triggers);
+with the same binary twice it prices the rules alone.
 """
 import os, re, signal, socket, ssl, subprocess, sys, tempfile, time
 
@@ -44,14 +47,19 @@ def client(port, n, tls):
             got += d
     for s in conns: s.close()
 
-def run(binary, work, n, tls):
+RULES = ("Host bench\nRequestHeader set X-Real-IP %{client}\n"
+         "RequestHeader set X-Route %{route}\n"
+         "ResponseHeader set Strict-Transport-Security max-age=63072000\n"
+         "RateLimit 1000000/s burst 1000000\n")
+
+def run(binary, work, n, tls, extra=""):
     port = free_port()
     conf = open(os.path.join(work, "origin.port")).read().strip()
     tls_lines = f"TLSCertificate {work}/cert.pem {work}/key.pem\n" if tls else ""
     cfg = os.path.join(work, f"s{port}.conf")
     open(cfg, "w").write(
         f"[PROXY_DEFAULTS]\nListen 127.0.0.1:{port}{' tls' if tls else ''}\n{tls_lines}Threads 1\n"
-        f"AccessLog off\n[PROXY_ENTRY]\nMatch ^/\nServerList 127.0.0.1:{conf}\n")
+        f"AccessLog off\n[PROXY_ENTRY]\nMatch ^/\nServerList 127.0.0.1:{conf}\n{extra}")
     out = os.path.join(work, f"cg.{port}")
     env = dict(os.environ, MONOIO_FORCE_LEGACY_DRIVER="1")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
@@ -87,8 +95,9 @@ http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 600s;
     ng = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf"], stderr=subprocess.DEVNULL)
     try:
         wait_port(oport)
-        for name, b in (("old", old), ("new", new)):
-            a = run(b, work, N1, tls); z = run(b, work, N2, tls)
+        rules = RULES if "--rules" in sys.argv else ""
+        for name, b, extra in (("old", old, ""), ("new", new, rules)):
+            a = run(b, work, N1, tls, extra); z = run(b, work, N2, tls, extra)
             print(f"{name}: {(z - a) / (N2 - N1):,.0f} instructions per request ({b})")
     finally:
         ng.terminate()

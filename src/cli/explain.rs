@@ -61,8 +61,8 @@ pub fn rule_lines(r: &crate::config::Rules) -> Vec<String> {
         out.push(format!("StripPrefix {p}"));
     }
     for (what, list) in [
-        ("RequestHeader", &r.request_headers),
-        ("ResponseHeader", &r.response_headers),
+        ("RequestHeader", &r.request_headers.rules),
+        ("ResponseHeader", &r.response_headers.rules),
     ] {
         for h in list {
             let op = match h.op {

@@ -110,7 +110,7 @@ impl Resolver<'_> {
         }
         for (key, request) in [(Key::RequestHeader, true), (Key::ResponseHeader, false)] {
             let ds: Vec<&Directive> = dk.all(key).iter().chain(ek.all(key)).copied().collect();
-            let list = self.header_rules(&ds, request);
+            let list = super::rules::HeaderRules::new(self.header_rules(&ds, request));
             if request {
                 r.request_headers = list;
             } else {

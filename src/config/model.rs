@@ -254,7 +254,7 @@ pub struct Global {
     /// `TrustedProxies`: peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
     /// The defaults' `ResponseHeader` rules: on answers no entry gave (404, 400).
-    pub response_headers: Vec<super::rules::HeaderRule>,
+    pub response_headers: super::rules::HeaderRules,
     pub access_log: Option<PathBuf>,
     pub error_log: Option<PathBuf>,
     /// `None` is `auto`: one per core.

@@ -274,7 +274,7 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         statistics_url: path_of(dk.one(Key::StatisticsUrl)).map(|p| p.to_string_lossy().into()),
         statistics_allow: Vec::new(),
         trusted_proxies: Vec::new(),
-        response_headers: Vec::new(),
+        response_headers: Default::default(),
         access_log: match dk.one(Key::AccessLog).map(|d| &d.value) {
             Some(Value::Path(p)) => Some(PathBuf::from(p)),
             _ => None,
@@ -305,7 +305,8 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     }
     global.statistics_allow.extend(r.cidrs(allow));
     global.trusted_proxies = r.cidrs(dk.all(Key::TrustedProxies));
-    global.response_headers = r.header_rules(dk.all(Key::ResponseHeader), false);
+    global.response_headers =
+        super::rules::HeaderRules::new(r.header_rules(dk.all(Key::ResponseHeader), false));
     let default_listen = r.listeners(dk.all(Key::Listen));
 
     // Entries.

@@ -100,6 +100,59 @@ pub struct HeaderRule {
     pub value: Template,
 }
 
+/// The `RequestHeader` or `ResponseHeader` rules of an entry, in file order, and
+/// what they come to, worked out at load so a request pays one pass over its
+/// head: the received fields to drop (names of `set` and `del` rules), and the
+/// rules whose lines are added (a later `set` or `del` of the same name takes
+/// an earlier rule's line back, as applying them in order would).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub rules: Vec<HeaderRule>,
+    /// Lowercase.
+    remove: Vec<Box<[u8]>>,
+    /// Indexes into `rules`.
+    add: Vec<usize>,
+}
+
+impl HeaderRules {
+    pub fn new(rules: Vec<HeaderRule>) -> HeaderRules {
+        let remove = rules
+            .iter()
+            .filter(|r| r.op != HeaderOp::Add)
+            .map(|r| r.name.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            .collect();
+        let add = (0..rules.len())
+            .filter(|&i| {
+                rules[i].op != HeaderOp::Del
+                    && !rules[i + 1..].iter().any(|later| {
+                        later.op != HeaderOp::Add && later.name.eq_ignore_ascii_case(&rules[i].name)
+                    })
+            })
+            .collect();
+        HeaderRules { rules, remove, add }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether a received field of this name is dropped.
+    pub fn removes(&self, name: &[u8]) -> bool {
+        self.remove
+            .iter()
+            .any(|r| r.len() == name.len() && r.eq_ignore_ascii_case(name))
+    }
+
+    pub fn any_removed(&self) -> bool {
+        !self.remove.is_empty()
+    }
+
+    /// The rules whose lines are added, in order.
+    pub fn added(&self) -> impl Iterator<Item = &HeaderRule> {
+        self.add.iter().map(|&i| &self.rules[i])
+    }
+}
+
 /// `SendProxy v1|v2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyVersion {
@@ -118,8 +171,8 @@ pub struct Rules {
     /// 0: unlimited.
     pub max_body: u64,
     pub strip_prefix: Option<String>,
-    pub request_headers: Vec<HeaderRule>,
-    pub response_headers: Vec<HeaderRule>,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
     pub send_proxy: Option<ProxyVersion>,
 }
 
@@ -139,6 +192,7 @@ impl Rules {
     /// The access log gets a request id field when a rule sends one.
     pub fn uses_request_id(&self) -> bool {
         self.request_headers
+            .rules
             .iter()
             .any(|h| h.value.uses(Var::RequestId))
     }

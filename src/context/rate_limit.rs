@@ -5,7 +5,7 @@
 //! full bucket, which is what a client unseen for that long would have anyway).
 //! Kept across a reload for an entry that remains.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
@@ -38,7 +38,9 @@ impl Default for RateTable {
 impl RateTable {
     pub fn new(max_clients: usize) -> RateTable {
         RateTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             per_shard: (max_clients / SHARDS).max(1),
             limited: Default::default(),
         }

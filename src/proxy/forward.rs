@@ -206,7 +206,7 @@ impl Forward<'_> {
                     );
                     let head_only = self.head.method == Method::Head;
                     let vars = self.vars();
-                    let rules = (&self.entry.rules.response_headers[..], &vars);
+                    let rules = (&self.entry.rules.response_headers, &vars);
                     send_error(self.client, status, "", head_only, self.w, rules).await;
                     return Ok(Served {
                         server: Some(i),
@@ -385,7 +385,7 @@ impl Forward<'_> {
         );
         let head_only = self.head.method == Method::Head;
         let vars = self.vars();
-        let rules = (&self.entry.rules.response_headers[..], &vars);
+        let rules = (&self.entry.rules.response_headers, &vars);
         send_error(self.client, status, extra, head_only, self.w, rules).await;
         Served::simian(status, None)
     }

@@ -119,7 +119,7 @@ async fn request(w: &Rc<Worker>, client: &Stream, peer: Peer, mut buf: Vec<u8>) 
                 route: "-",
                 request_id: 0,
             };
-            let rules = (&g.response_headers[..], &vars);
+            let rules = (&g.response_headers, &vars);
             Box::pin(send_error(client, status, "", false, w, rules)).await;
             w.bufs.give(buf);
             return None;
@@ -290,7 +290,7 @@ pub(super) async fn send_error(
     head_only: bool,
     w: &Worker,
     rules: (
-        &[crate::config::rules::HeaderRule],
+        &crate::config::rules::HeaderRules,
         &crate::proxy::rules::Vars<'_>,
     ),
 ) {
@@ -395,22 +395,42 @@ async fn handle(
             crate::debug!("client {}: 404: no entry matches", show(peer));
             (not_found(w, (client, peer), buf, head, config).await, None)
         }
-        Some(route) if config.entries[route.entry].rules.is_empty() => {
-            let who = forward::Who {
-                client: peer,
-                hop: hop.ip(),
-                request_id: 0,
-            };
-            (
-                forward::proxy(w, live, route.entry, client, who, buf, head).await,
-                Some(route),
-            )
-        }
         Some(route) => {
-            let (served, route, id) =
-                Box::pin(with_rules(w, live, route, client, (peer, hop), buf, head)).await;
-            request_id = id;
-            (served, route)
+            // The rules decide without waiting; only their answers (rare) run
+            // in futures of their own, so a request that passes costs no
+            // allocation and its future no extra size.
+            let decision = if config.entries[route.entry].rules.is_empty() {
+                Decision::Forward(route, None)
+            } else {
+                decide(live, route, client.is_tls(), peer, buf, head)
+            };
+            match decision {
+                Decision::Forward(route, id) => {
+                    request_id = id;
+                    let who = forward::Who {
+                        client: peer,
+                        hop: hop.ip(),
+                        request_id: id.unwrap_or(0),
+                    };
+                    (
+                        forward::proxy(w, live, route.entry, client, who, buf, head).await,
+                        Some(route),
+                    )
+                }
+                Decision::Answer(route, id, a) => {
+                    request_id = id;
+                    let entry = &config.entries[route.entry];
+                    let who = (client, peer, id.unwrap_or(0));
+                    (
+                        Box::pin(answer(w, who, buf, head, entry, a)).await,
+                        Some(route),
+                    )
+                }
+                Decision::NotFound => (
+                    Box::pin(not_found(w, (client, peer), buf, head, config)).await,
+                    None,
+                ),
+            }
         }
     };
     let micros = t0.elapsed().as_micros() as u64;
@@ -452,45 +472,50 @@ async fn handle(
     served.keep
 }
 
-/// A request whose entry has rules (SPEC section 9): answered by simian (403,
-/// 429, redirect, 413) or forwarded with its edits. Returns what was served, the
-/// route that served it (a TLS request passes `Redirect https` entries by), and
-/// the request id when a rule sends one.
-async fn with_rules(
-    w: &Worker,
-    live: &Arc<Live>,
+/// What the rules of an entry make of a request (SPEC section 9).
+enum Decision {
+    /// To the entry's servers, with the request id a rule sends.
+    Forward(crate::route::RouteMatch, Option<u64>),
+    /// simian answers (403, 429, redirect, 413).
+    Answer(
+        crate::route::RouteMatch,
+        Option<u64>,
+        crate::proxy::rules::Answer,
+    ),
+    /// Over TLS, past `Redirect https` entries, no entry is left.
+    NotFound,
+}
+
+/// Apply an entry's rules: a TLS request passes `Redirect https` entries by;
+/// then Allow/Deny, RateLimit, Redirect and MaxBodySize, in that order.
+fn decide(
+    live: &Live,
     mut route: crate::route::RouteMatch,
-    client: &Stream,
-    (peer, hop): (Peer, Peer),
-    buf: &mut Vec<u8>,
+    tls: bool,
+    peer: Peer,
+    buf: &[u8],
     head: &RequestHead,
-) -> (Served, Option<crate::route::RouteMatch>, Option<u64>) {
+) -> Decision {
     let config = &live.config;
-    let tls = client.is_tls();
     if tls {
         while crate::proxy::rules::passes_over_tls(&config.entries[route.entry]) {
             match next_route(config, buf, head, route.entry) {
                 Some(r) => route = r,
-                None => {
-                    let s = not_found(w, (client, peer), buf, head, config).await;
-                    return (s, None, None);
-                }
+                None => return Decision::NotFound,
             }
         }
     }
     let entry = &config.entries[route.entry];
     let request_id = entry.rules.uses_request_id().then(next_request_id);
-    let host = head.host.clone().map_or(&b""[..], |r| &buf[r]);
     let vars = crate::proxy::rules::Vars {
         client: peer.ip(),
-        host,
+        host: head.host.clone().map_or(&b""[..], |r| &buf[r]),
         tls,
         route: &entry.name,
         request_id: request_id.unwrap_or(0),
     };
     let rate = live.entries[route.entry].rate.as_deref();
-    let verdict = crate::proxy::rules::check(entry, rate, buf, head, &vars, now_ms());
-    let served = match verdict {
+    match crate::proxy::rules::check(entry, rate, buf, head, &vars, now_ms()) {
         Some(a) => {
             crate::info!(
                 "entry {}: {} for client {}: {}",
@@ -499,18 +524,10 @@ async fn with_rules(
                 show(peer),
                 a.why
             );
-            answer(w, client, head, entry, &vars, a).await
+            Decision::Answer(route, request_id, a)
         }
-        None => {
-            let who = forward::Who {
-                client: peer,
-                hop: hop.ip(),
-                request_id: request_id.unwrap_or(0),
-            };
-            forward::proxy(w, live, route.entry, client, who, buf, head).await
-        }
-    };
-    (served, Some(route), request_id)
+        None => Decision::Forward(route, request_id),
+    }
 }
 
 /// The next entry after `after` that takes this request (host and path).
@@ -585,12 +602,19 @@ async fn not_found(
 /// connection stays open when no request body is pending.
 async fn answer(
     w: &Worker,
-    client: &Stream,
+    (client, peer, request_id): (&Stream, Peer, u64),
+    buf: &[u8],
     head: &RequestHead,
     entry: &crate::config::Entry,
-    vars: &crate::proxy::rules::Vars<'_>,
     a: crate::proxy::rules::Answer,
 ) -> Served {
+    let vars = &crate::proxy::rules::Vars {
+        client: peer.ip(),
+        host: head.host.clone().map_or(&b""[..], |r| &buf[r]),
+        tls: client.is_tls(),
+        route: &entry.name,
+        request_id,
+    };
     let close = !head.keep_alive || head.framing != BodyFraming::None;
     let head_only = head.method == http::Method::Head;
     let mut out = w.bufs.take();

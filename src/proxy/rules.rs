@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::rules::{HeaderOp, HeaderRule, Piece, RedirectTarget, Template, Var};
+use crate::config::rules::{HeaderRules, Piece, RedirectTarget, Template, Var};
 use crate::config::Entry;
 use crate::context::rate_limit::RateTable;
 use crate::http::{BodyFraming, RequestHead};
@@ -186,56 +186,53 @@ pub fn strip_prefix(head: &mut Vec<u8>, prefix: &str) {
     head.splice(a + 1..b, new_target);
 }
 
-/// Apply header rules to a head simian wrote (start line, fields, empty line).
-pub fn edit_headers(head: &mut Vec<u8>, rules: &[HeaderRule], vars: &Vars) {
-    for rule in rules {
-        if rule.op != HeaderOp::Add {
-            remove_field(head, rule.name.as_bytes());
+/// Apply header rules to a head simian wrote (start line, fields, empty line),
+/// in one pass: the fields a `set` or `del` names are left out as the head is
+/// compacted in place, then the rules' own lines are written at its end.
+pub fn edit_headers(head: &mut Vec<u8>, rules: &HeaderRules, vars: &Vars) {
+    // Without the empty line: the added lines go before it.
+    head.truncate(head.len().saturating_sub(2));
+    let first_line_end = memchr::memchr(b'\n', head).map(|e| e + 1);
+    if let (true, Some(start)) = (rules.any_removed(), first_line_end) {
+        let (mut read, mut write) = (start, start);
+        while read < head.len() {
+            let end = memchr::memchr(b'\n', &head[read..]).map_or(head.len(), |e| read + e + 1);
+            let colon = memchr::memchr(b':', &head[read..end]).unwrap_or(0);
+            if !rules.removes(&head[read..read + colon]) {
+                head.copy_within(read..end, write);
+                write += end - read;
+            }
+            read = end;
         }
-        if rule.op == HeaderOp::Del {
-            continue;
-        }
-        let mut line = Vec::with_capacity(rule.name.len() + 32);
-        line.extend_from_slice(rule.name.as_bytes());
-        line.extend_from_slice(b": ");
-        expand(&rule.value, vars, None, &mut line);
-        // A value made of request data must not break the head.
-        line.retain(|&b| b != b'\r' && b != b'\n');
-        line.extend_from_slice(b"\r\n");
-        let at = head.len().saturating_sub(2);
-        head.splice(at..at, line);
+        head.truncate(write);
     }
+    for rule in rules.added() {
+        head.extend_from_slice(rule.name.as_bytes());
+        head.extend_from_slice(b": ");
+        let value_at = head.len();
+        expand(&rule.value, vars, None, head);
+        // A value made of request data must not break the head.
+        if head[value_at..].iter().any(|&b| b == b'\r' || b == b'\n') {
+            let clean: Vec<u8> = head
+                .drain(value_at..)
+                .filter(|&b| b != b'\r' && b != b'\n')
+                .collect();
+            head.extend_from_slice(&clean);
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
 }
 
 /// Apply `ResponseHeader` rules to an answer simian wrote itself (`head_len`:
 /// where its body starts).
-pub fn edit_answer(out: &mut Vec<u8>, head_len: usize, rules: &[HeaderRule], vars: &Vars) {
+pub fn edit_answer(out: &mut Vec<u8>, head_len: usize, rules: &HeaderRules, vars: &Vars) {
     if rules.is_empty() {
         return;
     }
     let body = out.split_off(head_len.min(out.len()));
     edit_headers(out, rules, vars);
     out.extend_from_slice(&body);
-}
-
-/// Remove every field named `name` (case-insensitive) from a written head.
-fn remove_field(head: &mut Vec<u8>, name: &[u8]) {
-    let mut i = match memchr::memmem::find(head, b"\r\n") {
-        Some(e) => e + 2,
-        None => return,
-    };
-    while i + 2 <= head.len() && &head[i..i + 2] != b"\r\n" {
-        let end = memchr::memmem::find(&head[i..], b"\r\n").map_or(head.len(), |e| i + e + 2);
-        let line = &head[i..end];
-        let is_it = line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()] == b':';
-        if is_it {
-            head.drain(i..end);
-        } else {
-            i = end;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -256,16 +253,20 @@ mod tests {
     #[test]
     fn header_edits() {
         let mut h = b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\nX-B: 3\r\n\r\n".to_vec();
-        let rules = [
+        let rules = HeaderRules::new(vec![
             parse_header_rule("set X-A %{client} %{scheme} %{route}", true).unwrap(),
             parse_header_rule("del X-B", true).unwrap(),
             parse_header_rule("add X-Id %{request_id}", true).unwrap(),
             parse_header_rule("add X-H %{host}", true).unwrap(),
-        ];
+            parse_header_rule("add X-C 1", true).unwrap(),
+            parse_header_rule("set X-C 2", true).unwrap(),
+            parse_header_rule("set X-D 1", true).unwrap(),
+            parse_header_rule("add X-D 2", true).unwrap(),
+        ]);
         edit_headers(&mut h, &rules, &vars());
         assert_eq!(
             String::from_utf8(h).unwrap(),
-            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 10.0.0.1 https api\r\nX-Id: 0000000000000abc\r\nX-H: a.example.com\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: a\r\nX-A: 10.0.0.1 https api\r\nX-Id: 0000000000000abc\r\nX-H: a.example.com\r\nX-C: 2\r\nX-D: 1\r\nX-D: 2\r\n\r\n"
         );
     }
 
