@@ -341,6 +341,8 @@ pub fn json(live: &Live) -> Vec<u8> {
                 "route": e.name,
                 "balancer": e.balancer.name(),
                 "patterns": e.patterns,
+                "hosts": e.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                "rate_limited": rt.rate.as_ref().map_or(0, |t| t.limited.load(Relaxed)),
                 "max_connections": e.max_connections,
                 "received_bytes": s.sum(|w| w.received.load(Relaxed)),
                 "sent_bytes": s.sum(|w| w.sent.load(Relaxed)),
@@ -399,11 +401,17 @@ pub fn html(live: &Live) -> Vec<u8> {
     for (e, rt) in live.config.entries.iter().zip(&live.entries) {
         let _ = write!(
             o,
-            "<h2>{}</h2><p>{} &middot; match: <code>{}</code></p><table><tr><th>server</th><th>state</th>\
+            "<h2>{}</h2><p>{} &middot; {}match: <code>{}</code></p><table><tr><th>server</th><th>state</th>\
              <th>active</th><th>requests</th><th>5xx</th><th>connect failures</th><th>offline count</th>\
              <th>offline for</th></tr>",
             esc(&e.name),
             esc(e.balancer.name()),
+            if e.hosts.is_empty() {
+                String::new()
+            } else {
+                let h: Vec<String> = e.hosts.iter().map(|h| h.to_string()).collect();
+                format!("hosts: <code>{}</code> &middot; ", esc(&h.join(" ")))
+            },
             esc(&e.patterns.join(" | "))
         );
         for (i, srv) in rt.servers.iter().enumerate() {
