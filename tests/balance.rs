@@ -1446,3 +1446,49 @@ fn a_successful_probe_over_a_pooled_connection_brings_the_server_back() {
         || (p.client().get("/again").text() == "a").then_some(()),
     );
 }
+
+/// Passive ejection is logged. `AttemptsCount 1`, `OfflineTimeOut 1s`, a server
+/// whose port refuses connects ahead of a live one (FirstAlive): its refused
+/// connect logs `server ADDR: 1 failed connects in a row: offline for 1s` (once);
+/// when the port accepts again and a connect to it succeeds (the probe after the
+/// window), `server ADDR: connect succeeded: back online`.
+#[test]
+fn passive_ejection_and_return_are_logged() {
+    let live = Backend::fixed("live");
+    let dead = DeadPort::new();
+    let dead_addr = dead.addr();
+    let p = Proxy::start(&config(
+        &format!("{dead_addr} {}", live.addr()),
+        "LoadBalancer FirstAlive\nAttemptsCount 1\nOfflineTimeOut 1s",
+    ));
+    let offline = format!("server {dead_addr}: 1 failed connects in a row: offline for 1s");
+    let online = format!("server {dead_addr}: connect succeeded: back online");
+    assert_eq!(p.client().get("/first").text(), "live");
+    assert!(
+        p.wait_log(&offline, Duration::from_secs(3)),
+        "no `{offline}` in the log:\n{}",
+        p.stderr()
+    );
+    assert!(!p.stderr().contains(&online), "{}", p.stderr());
+
+    // The port accepts again: once the window is over, a connect succeeds.
+    drop(dead);
+    let revived = Backend::start_on(&dead_addr, |_| Reply::ok("revived"));
+    wait_for(Duration::from_secs(5), "the revived server in use", || {
+        let back = p.client().get("/again").text() == "revived";
+        if !back {
+            thread::sleep(Duration::from_millis(50));
+        }
+        back.then_some(())
+    });
+    assert!(revived.connections() >= 1);
+    assert!(
+        p.wait_log(&online, Duration::from_secs(3)),
+        "no `{online}` in the log:\n{}",
+        p.stderr()
+    );
+    let log = p.stderr();
+    assert_eq!(log.matches(&offline).count(), 1, "{log}");
+    assert_eq!(log.matches(&online).count(), 1, "{log}");
+    assert!(log.find(&offline) < log.find(&online), "{log}");
+}

@@ -367,6 +367,7 @@ per_driver!(
     park_fails_connection_kept,
     backend_timeout_504,
     threads_modes,
+    idle_pooled_backend_connection_closed,
 );
 per_driver_and_splice!(request_bodies, response_bodies);
 
@@ -2153,4 +2154,43 @@ fn transfer_coding_gzip_chunked_forwarded() {
     assert_eq!(req.get("Transfer-Encoding"), Some("gzip, chunked"));
     assert_eq!(req.body.text(), "abcd");
     assert_eq!(c.get("/next").status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Idle pooled backend connections
+// ---------------------------------------------------------------------------
+
+/// A pooled backend connection left idle is closed by the worker's sweeper once
+/// older than a pooled connection may be reused (4 s), instead of staying open
+/// until the next request for its server: after one keep-alive request, the
+/// backend sees EOF within about 6 s while no other request is made. The next
+/// request then goes over a new backend connection.
+fn idle_pooled_backend_connection_closed(d: Driver) {
+    let b = Backend::fixed("pooled\n");
+    let p = Proxy::start_with(
+        &conf1("IdleTimeout 60s", &b.addr()),
+        Options::driver(d).threads(1),
+    );
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    let r = c.get("/once");
+    assert_eq!((r.status, r.text().as_str()), (200, "pooled\n"));
+    assert!(r.keep_alive());
+    let t = Instant::now();
+    assert_eq!(b.connections(), 1);
+    assert!(
+        b.wait_closed(1, Duration::from_secs(6)),
+        "the idle pooled backend connection is still open {:?} after its request",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(3500),
+        "closed after {:?}, before a pooled connection stops being reusable (4 s)",
+        t.elapsed()
+    );
+    // The client's own connection stays; its next request connects anew.
+    let r = c.get("/again");
+    assert_eq!((r.status, r.text().as_str()), (200, "pooled\n"));
+    assert_eq!(r.get("X-Conn"), Some("1"), "{r:?}");
+    assert_eq!(b.connections(), 2);
 }

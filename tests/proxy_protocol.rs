@@ -1008,6 +1008,8 @@ per_driver!(
     send_proxy_http_v2,
     forward_accept_and_send_proxy,
     proxy_then_tls,
+    health_checks_send_proxy_v1,
+    health_checks_send_proxy_v2,
 );
 
 // ---------------------------------------------------------------------------
@@ -1167,4 +1169,227 @@ fn nginx_behind() {
     }
     drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Health checks of a SendProxy entry
+// ---------------------------------------------------------------------------
+
+/// What one connection to a [`ProxyFirst`] backend carried: the PROXY header it
+/// began with, exactly as received, and the targets of its requests; or why the
+/// backend closed it.
+#[derive(Clone, Debug, Default)]
+struct PpConn {
+    header: Vec<u8>,
+    targets: Vec<String>,
+    error: Option<String>,
+}
+
+/// The length of the PROXY header (v1 line, or v2 block of any command) at the
+/// start of `b`: `Ok(None)` while `b` may still become one, `Err` when it cannot.
+fn any_header_len(b: &[u8]) -> Result<Option<usize>, ()> {
+    if b.starts_with(b"PROXY ") {
+        return match b.windows(2).position(|w| w == b"\r\n") {
+            Some(end) => Ok(Some(end + 2)),
+            None if b.len() > 107 => Err(()),
+            None => Ok(None),
+        };
+    }
+    if b[..b.len().min(12)] == SIG[..b.len().min(12)] {
+        if b.len() < 16 {
+            return Ok(None);
+        }
+        let len = 16 + u16::from_be_bytes([b[14], b[15]]) as usize;
+        return Ok((b.len() >= len).then_some(len));
+    }
+    if b[..b.len().min(6)] == b"PROXY "[..b.len().min(6)] {
+        return Ok(None);
+    }
+    Err(())
+}
+
+/// An HTTP/1.1 backend that wants a PROXY header (v1 or v2, `LOCAL` and `UNKNOWN`
+/// included) before the first request, like a server behind `accept-proxy`:
+/// without one it closes the connection unanswered. Each GET gets 200.
+struct ProxyFirst {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<Mutex<PpConn>>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ProxyFirst {
+    fn start() -> ProxyFirst {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<Arc<Mutex<PpConn>>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cs, st) = (conns.clone(), stop.clone());
+        thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(s) = s else { continue };
+                let conn = Arc::new(Mutex::new(PpConn::default()));
+                cs.lock().unwrap().push(conn.clone());
+                thread::spawn(move || {
+                    Self::serve(&s, &conn);
+                    let _ = s.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        ProxyFirst { addr, conns, stop }
+    }
+
+    fn serve(s: &TcpStream, conn: &Mutex<PpConn>) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        let mut fill = |buf: &mut Vec<u8>| match { s }.read(&mut b) {
+            Ok(n @ 1..) => {
+                buf.extend_from_slice(&b[..n]);
+                true
+            }
+            _ => false,
+        };
+        // The header, or close.
+        loop {
+            match any_header_len(&buf) {
+                Ok(Some(n)) => {
+                    conn.lock().unwrap().header = buf.drain(..n).collect();
+                    break;
+                }
+                Err(()) => {
+                    conn.lock().unwrap().error = Some(format!(
+                        "no PROXY header before {:?}",
+                        String::from_utf8_lossy(&buf)
+                    ));
+                    return;
+                }
+                Ok(None) => {}
+            }
+            if !fill(&mut buf) {
+                if !buf.is_empty() {
+                    conn.lock().unwrap().error =
+                        Some(format!("EOF inside {:?}", String::from_utf8_lossy(&buf)));
+                }
+                return;
+            }
+        }
+        // Requests.
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = Head::parse(&buf[..end + 4]);
+                buf.drain(..end + 4);
+                let Some(target) = head.line.strip_prefix("GET ") else {
+                    conn.lock().unwrap().error = Some(format!("not a GET: {head:?}"));
+                    return;
+                };
+                let target = target.split(' ').next().unwrap_or("").to_string();
+                conn.lock().unwrap().targets.push(target);
+                let close = head.has_token("connection", "close");
+                let _ = { s }.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                if close {
+                    return;
+                }
+            }
+            if !fill(&mut buf) {
+                return;
+            }
+        }
+    }
+
+    fn conns(&self) -> Vec<PpConn> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .collect()
+    }
+}
+
+impl Drop for ProxyFirst {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// `HealthCheck /health` on an entry with `SendProxy`: each check first sends a
+/// header saying the connection is simian's own (v2 `LOCAL`: the 16 bytes
+/// signature, 0x20, 0x00, length 0; v1 `PROXY UNKNOWN`), so a backend that wants
+/// PROXY headers answers the checks, and the server stays up check after check.
+fn health_checks_send_proxy(d: Driver, version: &str) {
+    let b = ProxyFirst::start();
+    let p = start(
+        d,
+        &conf(
+            "",
+            "StatisticsURL /stats",
+            &b.addr.to_string(),
+            &format!(
+                "SendProxy {version}\nHealthCheck /health\nHealthCheckInterval 200ms\n\
+                 UnhealthyThreshold 1"
+            ),
+        ),
+    );
+    let want: &[u8] = match version {
+        "v1" => b"PROXY UNKNOWN\r\n",
+        _ => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+    };
+    let is_check = |c: &PpConn| c.targets.iter().any(|t| t == "/health");
+    // Several check intervals.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let checks = loop {
+        let checks: Vec<PpConn> = b.conns().into_iter().filter(is_check).collect();
+        if checks.len() >= 4 {
+            break checks;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} health check(s) answered in 5 s at one per 200 ms; {} backend connection(s), the first: {:?}",
+            checks.len(),
+            b.conns().len(),
+            b.conns().first()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    for c in &checks {
+        assert_eq!(
+            (String::from_utf8_lossy(&c.header), c.targets.as_slice()),
+            (String::from_utf8_lossy(want), &["/health".to_string()][..]),
+            "a health check connection: {c:?}"
+        );
+        assert!(c.error.is_none(), "{c:?}");
+    }
+    // The server is up, and requests reach it.
+    util::metrics::after_cache_window(&p.addr());
+    let text = client(&p).get("/stats").text();
+    let server = b.addr.to_string();
+    let up: Vec<f64> = util::metrics::samples(&text, "simian_server_up")
+        .into_iter()
+        .filter(|(l, _)| l.iter().any(|(k, v)| k == "server" && *v == server))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(up, [1.0], "simian_server_up of {server}:\n{text}");
+    let mut c = client(&p);
+    for _ in 0..3 {
+        let r = c.get("/req");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok\n"), "{r:?}");
+    }
+    let bad: Vec<PpConn> = b
+        .conns()
+        .into_iter()
+        .filter(|c| c.error.is_some())
+        .collect();
+    assert!(bad.is_empty(), "connections the backend refused: {bad:?}");
+}
+
+fn health_checks_send_proxy_v1(d: Driver) {
+    health_checks_send_proxy(d, "v1")
+}
+
+fn health_checks_send_proxy_v2(d: Driver) {
+    health_checks_send_proxy(d, "v2")
 }

@@ -1765,3 +1765,42 @@ fn explain_by_host_and_rules() {
         "{text}"
     );
 }
+
+/// `explain https://...` describes a request over TLS: like simian, it passes
+/// entries with `Redirect https` by and names the next entry that matches, while
+/// `explain http://...` still names the redirect entry. A redirect to a URL is
+/// no `Redirect https`: it applies over TLS as well.
+#[test]
+fn explain_https_passes_redirect_https_by() {
+    let entry_of = |text: &str| -> String {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("-> entry `"))
+            .and_then(|l| l.split('`').next())
+            .unwrap_or_else(|| panic!("no `-> entry` line in:\n{text}"))
+            .to_string()
+    };
+    let conf = full_config();
+    // `moved`: Host plain.example.com, Redirect 308 https.
+    let text = explain(&conf, &["http://plain.example.com/a?b=1"]);
+    assert_eq!(entry_of(&text), "moved", "{text}");
+    assert!(text.contains("308"), "{text}");
+    let text = explain(&conf, &["https://plain.example.com/a?b=1"]);
+    assert_eq!(entry_of(&text), "fallback", "over TLS:\n{text}");
+    assert!(!text.contains("308"), "a redirect over TLS:\n{text}");
+    assert!(text.contains("-> server 127.0.0.1:9005"), "{text}");
+    let text = explain(&conf, &["https://old.example.com/a?b=1"]);
+    assert_eq!(entry_of(&text), "elsewhere", "{text}");
+
+    // A catch-all `Redirect https` first (the layout of
+    // redirect_https_skips_tls_requests).
+    let conf = "[PROXY_DEFAULTS]\nListen 127.0.0.1:18082\n\
+                \n[PROXY_ENTRY]\nName tohttps\nMatch ^/\nRedirect https\n\
+                \n[PROXY_ENTRY]\nName app\nMatch ^/\nServerList 127.0.0.1:9006\n";
+    let text = explain(conf, &["http://secure.example.com/x?y"]);
+    assert_eq!(entry_of(&text), "tohttps", "{text}");
+    assert!(text.contains("301"), "{text}");
+    assert!(!text.contains("-> server"), "{text}");
+    let text = explain(conf, &["https://secure.example.com/x?y"]);
+    assert_eq!(entry_of(&text), "app", "over TLS:\n{text}");
+    assert!(text.contains("-> server 127.0.0.1:9006"), "{text}");
+}

@@ -1855,3 +1855,52 @@ fn forward_without_backends() {
     assert!(lines[0].contains("backend"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Allow / Deny on tcp entries
+// ---------------------------------------------------------------------------
+
+/// `Allow`/`Deny` apply to tcp entries too: a client inside `Deny 127.0.0.0/8`,
+/// or outside `Allow 10.0.0.0/8`, is closed without a byte and costs no backend
+/// connection; a client its entry allows is tunnelled.
+fn allow_deny_on_tcp_entries(d: Driver) {
+    let live = Server::echo("127.0.0.1:0");
+    let conf = format!(
+        "[PROXY_DEFAULTS]\n\n\
+         [PROXY_ENTRY]\nName denied\nMode tcp\nListen 127.0.0.1:@P0@\nServerList {s}\nDeny 127.0.0.0/8\n\n\
+         [PROXY_ENTRY]\nName outside\nMode tcp\nListen 127.0.0.1:@P1@\nServerList {s}\nAllow 10.0.0.0/8\n\n\
+         [PROXY_ENTRY]\nName allowed\nMode tcp\nListen 127.0.0.1:@P2@\nServerList {s}\n\
+         Allow 127.0.0.0/8\nDeny 10.0.0.0/8\n",
+        s = live.addr
+    );
+    let sim = Sim::config(d, &conf, &[]);
+    for (i, name) in [(0, "denied"), (1, "outside")] {
+        let mut c = sim.connect(i);
+        // The write may fail: the connection can be closed already.
+        let _ = c.write_all(b"let me in");
+        match read_until_close(&mut c, Duration::from_secs(3)) {
+            Ok(got) => assert!(
+                got.is_empty(),
+                "entry `{name}`: the refused client got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Err(got) => panic!(
+                "entry `{name}`: the refused client is still open after 3 s (tunnelled: got {:?} back)",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    assert_eq!(
+        live.accepted(),
+        0,
+        "a client refused by Allow/Deny reached the backend"
+    );
+    // Allowed: tunnelled both ways.
+    let mut c = sim.connect(2);
+    roundtrip(&mut c, b"allowed in");
+    c.shutdown(Shutdown::Write);
+    assert_eq!(read_until_close(&mut c, Duration::from_secs(5)), Ok(vec![]));
+    assert_eq!(live.accepted(), 1, "refused clients reached the backend");
+}
+
+per_driver!(allow_deny_on_tcp_entries);

@@ -96,6 +96,9 @@ pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Optio
         }
     }
     let host = host_of(url);
+    let tls = url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
     if let Some(h) = &host {
         let _ = writeln!(o, "host:         {h}");
     }
@@ -110,6 +113,8 @@ pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Optio
                     .as_deref()
                     .is_some_and(|h| hosts.iter().any(|p| p.matches(h)))
         })
+        // A request over TLS passes `Redirect https` entries by.
+        .filter(|m| !(tls && crate::proxy::rules::passes_over_tls(&config.entries[m.entry])))
         .collect();
     let Some(first) = matches.first() else {
         let _ = writeln!(o, "-> no entry matches: simian answers 404 Not Found");

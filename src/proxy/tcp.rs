@@ -27,6 +27,15 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
         return;
     };
     let entry = &live.config.entries[entry_index];
+    if !entry.rules.admits(peer.ip()) {
+        // A tcp client refused by Allow/Deny is closed without a word.
+        crate::info!(
+            "entry {}: connection from {:?} refused by Allow/Deny",
+            entry.name,
+            peer.addr
+        );
+        return;
+    }
     let rt = &live.entries[entry_index];
     let Some(client) = super::tls::terminate(&live, client, peer, listen).await else {
         return;

@@ -477,6 +477,7 @@ async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
         w.count_out_parked(w.parked.expire(now));
+        w.backends.expire();
         if asked {
             // Let the connections just asked to park do it (they are queued ahead
             // of us), so the memory their tasks held is released in this sweep.

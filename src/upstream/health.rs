@@ -90,16 +90,16 @@ async fn run(live: Arc<ArcSwap<Live>>, shutdown: Shutdown) {
                     e.health.clone(),
                     e.timeouts.connect,
                     e.name.clone(),
-                    e.backend_tls.clone(),
+                    (e.backend_tls.clone(), e.rules.send_proxy),
                 ));
             }
         }
         let results = Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (s, h, timeout, name, tls) in round {
+        for (s, h, timeout, name, (tls, send_proxy)) in round {
             let results = results.clone();
             tasks.push(monoio::spawn(async move {
-                let ok = check(&s, &h.check, timeout, tls.as_ref()).await;
+                let ok = check(&s, &h.check, timeout, tls.as_ref(), send_proxy).await;
                 results.borrow_mut().push((s, h, name, ok));
             }));
         }
@@ -157,10 +157,22 @@ async fn check(
     kind: &HealthCheck,
     timeout: Duration,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    send_proxy: Option<crate::config::ProxyVersion>,
 ) -> bool {
     let Ok(conn) = connect_server(&s.spec, tls, timeout).await else {
         return false;
     };
+    // A server that expects PROXY headers (SendProxy) gets one saying the check
+    // is the balancer's own (v2 LOCAL, v1 UNKNOWN): HAProxy's check-send-proxy.
+    if let Some(v) = send_proxy {
+        let header: &[u8] = match v {
+            crate::config::ProxyVersion::V1 => b"PROXY UNKNOWN\r\n",
+            crate::config::ProxyVersion::V2 => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+        };
+        if nio::write_all(&conn, header, timeout).await.is_err() {
+            return false;
+        }
+    }
     let HealthCheck::Http(path) = kind else {
         return true;
     };

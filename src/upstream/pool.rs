@@ -69,6 +69,19 @@ impl BackendPool {
         list.push((s, now_ms()));
     }
 
+    /// Close the connections idle longer than a pooled connection may be
+    /// reused (the worker's sweeper): otherwise they would stay open, half
+    /// closed once the backend gives up on them, until the next request for
+    /// that server.
+    pub fn expire(&self) {
+        let now = now_ms();
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|(_, since)| now.saturating_sub(*since) < MAX_IDLE_MS);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
     /// Close every idle connection (graceful shutdown).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();

@@ -97,9 +97,9 @@ impl ServerState {
         if self.failures.load(Relaxed) != 0 {
             self.failures.store(0, Relaxed);
         }
-        if self.offline_until.load(Relaxed) != 0 {
-            self.offline_until.store(0, Release);
+        if self.offline_until.load(Relaxed) != 0 && self.offline_until.swap(0, AcqRel) != 0 {
             self.probing.store(false, Release);
+            crate::info!("server {}: connect succeeded: back online", self.spec.text);
         }
     }
 
@@ -113,6 +113,11 @@ impl ServerState {
             self.probing.store(false, Release);
             if was_online {
                 self.offline_transitions.fetch_add(1, Relaxed);
+                crate::warn!(
+                    "server {}: {n} failed connects in a row: offline for {}",
+                    self.spec.text,
+                    humantime::format_duration(a.offline_timeout)
+                );
             }
         }
     }
