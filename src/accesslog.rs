@@ -27,9 +27,12 @@ pub fn start(path: Option<&Path>) -> std::io::Result<()> {
         s.reopen(target);
         return Ok(());
     }
-    let sink = Sink::start("simian-log", target, QUEUED_BATCHES, |e| {
-        crate::error!("access log: {e}")
-    })?;
+    let sink = Sink::start(
+        "simian-log",
+        target,
+        (QUEUED_BATCHES, QUEUED_BATCHES),
+        |e| crate::error!("access log: {e}"),
+    )?;
     let _ = SINK.set(sink);
     Ok(())
 }

@@ -57,7 +57,12 @@ pub fn set_file(path: Option<&std::path::Path>) -> std::io::Result<()> {
         return Ok(());
     }
     // A failed write to the error log has nowhere better to be reported.
-    let _ = SINK.set(Sink::start("simian-errlog", target, QUEUED_LINES, |_| {})?);
+    let _ = SINK.set(Sink::start(
+        "simian-errlog",
+        target,
+        (QUEUED_LINES, 0),
+        |_| {},
+    )?);
     Ok(())
 }
 

@@ -58,15 +58,17 @@ pub struct Sink {
 
 impl Sink {
     /// Start the writer thread `name`, holding at most `capacity` batches queued.
+    /// `spares`: written buffers kept for reuse (`spare_buffer`); 0 when the
+    /// callers never ask for one, or the kept buffers would only hold memory.
     /// `on_error` reports a failed write (the error log for the access log).
     pub fn start(
         name: &str,
         target: Target,
-        capacity: usize,
+        (capacity, spares): (usize, usize),
         on_error: fn(&std::io::Error),
     ) -> std::io::Result<Sink> {
         let (tx, rx) = flume::bounded::<Msg>(capacity);
-        let spare = flume::bounded::<Vec<u8>>(capacity);
+        let spare = flume::bounded::<Vec<u8>>(spares);
         let give_back = spare.0.clone();
         std::thread::Builder::new()
             .name(name.into())
@@ -162,7 +164,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("simian-sink-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.log");
-        let sink = Sink::start("t", Target::open(&path).unwrap(), 8, quiet).unwrap();
+        let sink = Sink::start("t", Target::open(&path).unwrap(), (8, 0), quiet).unwrap();
         for i in 0..5 {
             assert!(sink.submit(format!("{i}\n").into_bytes()));
         }
@@ -172,12 +174,30 @@ mod tests {
     }
 
     #[test]
+    fn written_buffers_are_kept_only_for_sinks_that_reuse_them() {
+        // The error log allocates each line: keeping its written buffers for
+        // reuse held 10,000 of them (the soak's RSS grew by 3 MB).
+        let dir = std::env::temp_dir().join(format!("simian-spare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (spares, kept) in [(0, 0), (4, 4)] {
+            let path = dir.join(format!("{spares}.log"));
+            let sink = Sink::start("t", Target::open(&path).unwrap(), (64, spares), quiet).unwrap();
+            for i in 0..20 {
+                assert!(sink.submit(format!("{i}\n").into_bytes()));
+            }
+            assert!(sink.finish(Duration::from_secs(5)));
+            assert_eq!(sink.spare.1.len(), kept);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_stuck_writer_drops_and_counts_instead_of_blocking() {
         // A pipe nobody reads: the writer blocks once the pipe buffer is full.
         let mut fds = [0; 2];
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let w = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
-        let sink = Sink::start("t", Target::File(w), 4, quiet).unwrap();
+        let sink = Sink::start("t", Target::File(w), (4, 0), quiet).unwrap();
         let line = vec![b'x'; 4095];
         let t = std::time::Instant::now();
         let mut refused = 0;
