@@ -330,6 +330,7 @@ fn head_to_simian_answers_has_no_body(d: Driver) {
 }
 
 per_driver!(
+    response_content_length_list_forwarded_canonical,
     lingering_close_after_an_error,
     panics_are_contained,
     no_pipe_body_is_copied,
@@ -1584,6 +1585,38 @@ fn idle_timeout(d: Driver) {
         e >= Duration::from_millis(800) && e <= Duration::from_secs(4),
         "silent connection closed after {e:?}"
     );
+}
+
+/// SPEC section 12 (found by the `rewrite` fuzz target): a response whose
+/// `Content-Length` is a list or is repeated with equal values reaches the client
+/// as one canonical line, not as received (a cache in front could frame it
+/// otherwise).
+fn response_content_length_list_forwarded_canonical(d: Driver) {
+    let b = Backend::start(|r| {
+        Reply::Raw(match r.target.as_str() {
+            "/list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\ncontent-length: 3\r\n\r\nabc"
+                .to_vec(),
+        })
+    });
+    let p = start(d, &conf1("", &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(5));
+    for target in ["/list", "/twice", "/list"] {
+        let r = c.get(target);
+        assert_eq!((r.status, r.text().as_str()), (200, "abc"), "{target}");
+        assert_eq!(
+            r.head.get_all("content-length"),
+            vec!["3"],
+            "{target}: {:?}",
+            r.head
+        );
+        assert_eq!(
+            r.get("X-A"),
+            (target == "/twice").then_some("1"),
+            "{target}"
+        );
+    }
 }
 
 /// SPEC section 12: an error answered while the client is still sending (here a

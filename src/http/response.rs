@@ -41,6 +41,9 @@ pub struct ResponseHead {
     pub connection_options: bool,
     /// The hop-by-hop lines forwarding leaves out.
     pub omit: Omit,
+    /// `Content-Length` came as a list or twice (equal values): forwarded as
+    /// one canonical line, never as received (SPEC section 12).
+    pub reframe: bool,
 }
 
 impl ResponseHead {
@@ -102,6 +105,7 @@ pub fn parse_response(
     let start = head.iter().position(|&b| b == b'H').unwrap_or(0);
 
     let mut content_length = None;
+    let mut cl_irregular = false;
     let mut codings = TransferCodings::default();
     let mut conn = ConnectionOptions::default();
     let mut headers_start = head_len.saturating_sub(2);
@@ -116,6 +120,7 @@ pub fn parse_response(
         match name.len() {
             10 if name.eq_ignore_ascii_case(b"connection") => conn.add(h.value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
+                cl_irregular |= content_length.is_some() || h.value.contains(&b',');
                 add_content_length(&mut content_length, h.value).map_err(Bad)?;
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
@@ -156,7 +161,10 @@ pub fn parse_response(
     };
     // A field named in `Connection` is dropped too: only a scan finds it.
     omit.scan |= conn.other;
+    let reframe = cl_irregular && matches!(framing, ResponseFraming::ContentLength(_));
+    omit.scan |= reframe;
     Ok(ResponseHead {
+        reframe,
         head_len,
         start,
         headers_start,

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use super::fields::{list_items, named_in_connection, Headers, Omit};
 use super::request::{BodyFraming, RequestHead};
-use super::response::ResponseHead;
+use super::response::{ResponseFraming, ResponseHead};
 
 /// Append an IP address as text: IPv4 without the `fmt` machinery, which costs
 /// more per request than the rest of the header rewrite (perf).
@@ -210,9 +210,18 @@ pub fn write_response_head(
         &head.omit,
         head.connection_options,
         head.upgrade,
-        &[],
+        if head.reframe {
+            &[b"content-length"]
+        } else {
+            &[]
+        },
         out,
     );
+    if let (true, ResponseFraming::ContentLength(n)) = (head.reframe, head.framing) {
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if head.is_interim() {
