@@ -41,7 +41,11 @@ run() {
     mkdir -p "$work/corpus/$t"
     cp fuzz/corpus/"$t"/* "$work/corpus/$t/"
     # -timeout: one input taking 20 s is a hang (or a quadratic path), a failure.
-    "${FUZZ[@]}" run "${FLAGS[@]}" "$t" "$work/corpus/$t" -- \
+    # The inputs of past findings run first, with the corpus (a second corpus
+    # directory is read, never written).
+    local extra=()
+    if [ -d "fuzz/regressions/$t" ]; then extra=("fuzz/regressions/$t"); fi
+    "${FUZZ[@]}" run "${FLAGS[@]}" "$t" "$work/corpus/$t" "${extra[@]}" -- \
         -max_total_time="$SECONDS_EACH" -timeout=20 -print_final_stats=1 \
         >"$work/$t.log" 2>&1
 }

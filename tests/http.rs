@@ -1592,13 +1592,18 @@ fn idle_timeout(d: Driver) {
 /// as one canonical line, not as received (a cache in front could frame it
 /// otherwise).
 fn response_content_length_list_forwarded_canonical(d: Driver) {
-    let b = Backend::start(|r| {
-        Reply::Raw(match r.target.as_str() {
+    let b =
+        Backend::start(|r| {
+            Reply::Raw(match r.target.as_str() {
             "/list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec(),
+            // Without a body: a HEAD answer and a 304 say what the body would be.
+            "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n".to_vec(),
+            "/304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+                .to_vec(),
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\ncontent-length: 3\r\n\r\nabc"
                 .to_vec(),
         })
-    });
+        });
     let p = start(d, &conf1("", &b.addr()));
     let mut c = p.client();
     c.set_timeout(Duration::from_secs(5));
@@ -1617,6 +1622,22 @@ fn response_content_length_list_forwarded_canonical(d: Driver) {
             "{target}"
         );
     }
+    c.send(b"HEAD /head HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_head_response();
+    assert_eq!(
+        r.head.get_all("content-length"),
+        vec!["3"],
+        "HEAD: {:?}",
+        r.head
+    );
+    let r = c.get("/304");
+    assert_eq!(r.status, 304);
+    assert_eq!(
+        r.head.get_all("content-length"),
+        vec!["3"],
+        "304: {:?}",
+        r.head
+    );
 }
 
 /// SPEC section 12: an error answered while the client is still sending (here a

@@ -97,7 +97,7 @@ fn hop_by_hop(received: &Lines, keep_upgrade: bool) -> Vec<Vec<u8>> {
 /// as received; with a body it is one canonical line since finding 1 was fixed.
 /// Tolerated for bodiless responses only; set to false once src/ fixes it
 /// (fuzz/regressions/rewrite/response_cl_list_no_body_*).
-const KNOWN_BODILESS_RESPONSE_CL_LIST: bool = true;
+const KNOWN_BODILESS_RESPONSE_CL_LIST: bool = false;
 
 /// By design (docs/decisions.md, fuzz/RESULTS.md finding 2): a head within simian's
 /// limits may exceed them once forwarded, by the fields simian adds.
@@ -321,7 +321,8 @@ fn response(flags: u8, buf: &[u8]) {
     let mut ours = names(&[b"connection"]);
     if r.reframe {
         ours.push(b"content-length".to_vec());
-        let ResponseFraming::ContentLength(n) = r.framing else {
+        // Also without a body (HEAD answer, 304): the declared length.
+        let Some(n) = r.declared_length else {
             panic!("reframe without a length");
         };
         let cl: Vec<_> = sent.iter().filter(|(n, _, _)| n == b"content-length").collect();

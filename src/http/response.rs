@@ -44,6 +44,9 @@ pub struct ResponseHead {
     /// `Content-Length` came as a list or twice (equal values): forwarded as
     /// one canonical line, never as received (SPEC section 12).
     pub reframe: bool,
+    /// The `Content-Length` value, for that canonical line (also on responses
+    /// without a body: a HEAD answer or a 304 says what the body would be).
+    pub declared_length: Option<u64>,
 }
 
 impl ResponseHead {
@@ -161,10 +164,11 @@ pub fn parse_response(
     };
     // A field named in `Connection` is dropped too: only a scan finds it.
     omit.scan |= conn.other;
-    let reframe = cl_irregular && matches!(framing, ResponseFraming::ContentLength(_));
+    let reframe = cl_irregular;
     omit.scan |= reframe;
     Ok(ResponseHead {
         reframe,
+        declared_length: content_length,
         head_len,
         start,
         headers_start,

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use super::fields::{list_items, named_in_connection, Headers, Omit};
 use super::request::{BodyFraming, RequestHead};
-use super::response::{ResponseFraming, ResponseHead};
+use super::response::ResponseHead;
 
 /// Append an IP address as text: IPv4 without the `fmt` machinery, which costs
 /// more per request than the rest of the header rewrite (perf).
@@ -217,7 +217,7 @@ pub fn write_response_head(
         },
         out,
     );
-    if let (true, ResponseFraming::ContentLength(n)) = (head.reframe, head.framing) {
+    if let (true, Some(n)) = (head.reframe, head.declared_length) {
         out.extend_from_slice(b"Content-Length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
