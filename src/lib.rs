@@ -17,6 +17,7 @@ pub mod demo;
 pub mod fault;
 pub mod http;
 pub mod logsink;
+pub mod lru;
 pub mod net;
 pub mod proxy;
 pub mod route;

@@ -106,13 +106,7 @@ pub fn explain(config: &Config, url: &str, client: Option<IpAddr>, cookie: Optio
         .router
         .all_matches(&norm)
         .into_iter()
-        .filter(|m| {
-            let hosts = &config.entries[m.entry].hosts;
-            hosts.is_empty()
-                || host
-                    .as_deref()
-                    .is_some_and(|h| hosts.iter().any(|p| p.matches(h)))
-        })
+        .filter(|m| config.entries[m.entry].takes_host(host.as_deref()))
         // A request over TLS passes `Redirect https` entries by.
         .filter(|m| !(tls && crate::proxy::rules::passes_over_tls(&config.entries[m.entry])))
         .collect();

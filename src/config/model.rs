@@ -197,6 +197,15 @@ pub struct Entry {
     pub span: Span,
 }
 
+impl Entry {
+    /// Whether the entry takes a request for `host` (lowercase, no port): an
+    /// entry without `Host` takes any, and only those take a request without a
+    /// host (SPEC section 9).
+    pub fn takes_host(&self, host: Option<&str>) -> bool {
+        self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h)))
+    }
+}
+
 /// An IP network for `StatisticsAllow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {

@@ -537,15 +537,7 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Key::AccessLog | Key::Threads if first.as_rule() == Rule::off => Value::Off,
         Key::Threads if first.as_rule() == Rule::auto => Value::Auto,
         Key::AccessLog => Value::Path(first_str),
-        Key::Match => Value::Patterns(
-            std::iter::once(first)
-                .chain(values)
-                .map(|p| Spanned {
-                    span: span_of(&p, line),
-                    value: p.as_str().to_string(),
-                })
-                .collect(),
-        ),
+        Key::Match => Value::Patterns(spanned_tokens(first, values, line)),
         Key::Name => Value::Name(first_str),
         Key::ServerList => Value::Servers(
             std::iter::once(first)
@@ -659,24 +651,10 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
                 _ => 2,
             })
         }
-        Key::Host => Value::Tokens(
-            std::iter::once(first)
-                .chain(values)
-                .map(|p| Spanned {
-                    span: span_of(&p, line),
-                    value: p.as_str().to_string(),
-                })
-                .collect(),
-        ),
-        Key::StatisticsAllow | Key::Allow | Key::Deny | Key::TrustedProxies => Value::Cidrs(
-            std::iter::once(first)
-                .chain(values)
-                .map(|p| Spanned {
-                    span: span_of(&p, line),
-                    value: p.as_str().to_string(),
-                })
-                .collect(),
-        ),
+        Key::Host => Value::Tokens(spanned_tokens(first, values, line)),
+        Key::StatisticsAllow | Key::Allow | Key::Deny | Key::TrustedProxies => {
+            Value::Cidrs(spanned_tokens(first, values, line))
+        }
     };
     Ok(Directive {
         key,
@@ -684,6 +662,21 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         value_span,
         value,
     })
+}
+
+/// A key's values, each as written with its place (`Match`, `Host`, the CIDR lists).
+fn spanned_tokens<'i>(
+    first: Pair<'i, Rule>,
+    rest: impl Iterator<Item = Pair<'i, Rule>>,
+    line: usize,
+) -> Vec<Spanned<String>> {
+    std::iter::once(first)
+        .chain(rest)
+        .map(|p| Spanned {
+            span: span_of(&p, line),
+            value: p.as_str().to_string(),
+        })
+        .collect()
 }
 
 fn addr_text(pair: &Pair<Rule>) -> AddrText {

@@ -112,6 +112,11 @@ pub struct HeaderRules {
     remove: Vec<Box<[u8]>>,
     /// Indexes into `rules`.
     add: Vec<usize>,
+    /// A rule's value holds `%{request_id}` / `%{host}`: worked out here so a
+    /// request does not look through the rules to know whether to make an id or
+    /// keep the host.
+    pub uses_request_id: bool,
+    pub uses_host: bool,
 }
 
 impl HeaderRules {
@@ -129,7 +134,14 @@ impl HeaderRules {
                     })
             })
             .collect();
-        HeaderRules { rules, remove, add }
+        let uses = |v| rules.iter().any(|r| r.value.uses(v));
+        HeaderRules {
+            uses_request_id: uses(Var::RequestId),
+            uses_host: uses(Var::Host),
+            remove,
+            add,
+            rules,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,10 +203,7 @@ impl Rules {
 
     /// The access log gets a request id field when a rule sends one.
     pub fn uses_request_id(&self) -> bool {
-        self.request_headers
-            .rules
-            .iter()
-            .any(|h| h.value.uses(Var::RequestId))
+        self.request_headers.uses_request_id
     }
 
     /// Whether `ip` may be served (`Allow`, then `Deny`).

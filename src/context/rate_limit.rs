@@ -62,7 +62,7 @@ impl RateTable {
     pub fn take(&self, ip: IpAddr, limit: &RateLimit, now_ms: u64) -> Result<(), u64> {
         let mut map = self.shard(&ip).lock();
         if !map.contains_key(&ip) && map.len() >= self.per_shard {
-            forget_least_recent(&mut map, self.per_shard);
+            crate::lru::forget_least_recent(&mut map, self.per_shard, |b| b.seen_ms);
         }
         let burst = f64::from(limit.burst);
         let b = map.entry(ip).or_insert(Bucket {
@@ -92,15 +92,6 @@ impl RateTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Drop the least recently seen eighth of a full shard at once (one linear pass
-/// per eighth of the shard, not per new client).
-fn forget_least_recent(map: &mut HashMap<IpAddr, Bucket>, cap: usize) {
-    let mut seen: Vec<u64> = map.values().map(|b| b.seen_ms).collect();
-    let n = (cap / 8).max(1).min(seen.len());
-    let (_, &mut cut, _) = seen.select_nth_unstable(n - 1);
-    map.retain(|_, b| b.seen_ms > cut);
 }
 
 #[cfg(test)]

@@ -461,6 +461,22 @@ pub fn encode_v1(source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
     );
 }
 
+/// A v1 header naming no addresses (a client without one, a health check).
+pub const V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
+
+/// A v2 `LOCAL` header: the connection is the sender's own (a health check, a
+/// client without an address); signature, version 2 / LOCAL, AF_UNSPEC, length 0.
+pub const V2_LOCAL: [u8; 16] = {
+    let mut h = [0u8; 16];
+    let mut i = 0;
+    while i < SIG.len() {
+        h[i] = SIG[i];
+        i += 1;
+    }
+    h[12] = 0x20;
+    h
+};
+
 /// Append a v2 header for a TCP connection from `source` to `dest`: the `PROXY`
 /// command, `STREAM` over `AF_INET` or `AF_INET6` (mixed families as in
 /// [`encode_v1`]), no TLVs; 28 or 52 bytes.
@@ -492,6 +508,16 @@ pub fn encode_v2(source: SocketAddr, dest: SocketAddr, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_and_unknown_headers_parse_without_addresses() {
+        for h in [&super::V2_LOCAL[..], super::V1_UNKNOWN] {
+            match super::parse(h) {
+                Ok(super::Parse::Done(d)) => assert_eq!((d.len, d.source), (h.len(), None)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

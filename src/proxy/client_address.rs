@@ -164,11 +164,8 @@ pub fn send_proxy_header(
     match (version, client.addr, local) {
         (ProxyVersion::V1, Some(src), Some(dst)) => proxy_protocol::encode_v1(src, dst, out),
         (ProxyVersion::V2, Some(src), Some(dst)) => proxy_protocol::encode_v2(src, dst, out),
-        (ProxyVersion::V1, _, _) => out.extend_from_slice(b"PROXY UNKNOWN\r\n"),
-        (ProxyVersion::V2, _, _) => {
-            // Signature, version 2 / LOCAL, AF_UNSPEC, no address block.
-            out.extend_from_slice(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00");
-        }
+        (ProxyVersion::V1, _, _) => out.extend_from_slice(proxy_protocol::V1_UNKNOWN),
+        (ProxyVersion::V2, _, _) => out.extend_from_slice(&proxy_protocol::V2_LOCAL),
     }
 }
 

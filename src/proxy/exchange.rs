@@ -87,7 +87,7 @@ pub async fn exchange(
         entry: req.entry,
         client_ip: req.peer.ip(),
         request_id: req.request_id,
-        host: if req.entry.rules.response_headers.is_empty() {
+        host: if !req.entry.rules.response_headers.uses_host {
             Vec::new()
         } else {
             req.head
@@ -127,7 +127,8 @@ struct Exchange<'a> {
     entry: &'a Entry,
     client_ip: Option<std::net::IpAddr>,
     request_id: u64,
-    /// The request's `Host`, kept for `ResponseHeader` rules (empty without).
+    /// The request's `Host`, kept for `ResponseHeader` rules that use `%{host}`
+    /// (empty when none does).
     host: Vec<u8>,
 }
 

@@ -46,8 +46,8 @@ struct Forward<'a> {
     /// `%{request_id}` (0 when no rule sends one).
     request_id: u64,
     hop: Option<std::net::IpAddr>,
-    /// The request's `Host`, for `ResponseHeader` rules on 502/503/504 (empty
-    /// when the entry has none).
+    /// The request's `Host`, for `ResponseHeader` rules on 502/503/504 that use
+    /// `%{host}` (empty when none does).
     host: Vec<u8>,
 }
 
@@ -74,7 +74,7 @@ pub(super) async fn proxy(
         rt: &live.entries[entry_index],
         request_id: who.request_id,
         hop: who.hop,
-        host: if entry.rules.response_headers.is_empty() {
+        host: if !entry.rules.response_headers.uses_host {
             Vec::new()
         } else {
             head.host.clone().map_or(Vec::new(), |r| buf[r].to_vec())

@@ -547,10 +547,7 @@ fn next_route(
         .all_matches(&norm)
         .into_iter()
         .filter(|m| m.entry > after)
-        .find(|m| {
-            let hosts = &config.entries[m.entry].hosts;
-            hosts.is_empty() || host.is_some_and(|h| hosts.iter().any(|p| p.matches(h)))
-        })
+        .find(|m| config.entries[m.entry].takes_host(host))
 }
 
 /// A unique id per request in this process (`%{request_id}`): the start time in

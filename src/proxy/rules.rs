@@ -119,13 +119,9 @@ fn host_without_port(h: &[u8]) -> &[u8] {
 
 /// The path and query of a target (absolute-form loses its scheme and host).
 fn origin_form(target: &[u8]) -> &[u8] {
-    let lower = target.get(..8).map(|p| p.to_ascii_lowercase());
-    let skip = match lower.as_deref() {
-        Some(p) if p.starts_with(b"http://") => 7,
-        Some(p) if p.starts_with(b"https://") => 8,
-        _ => return target,
+    let Some(rest) = crate::route::hosts::after_scheme(target) else {
+        return target;
     };
-    let rest = &target[skip..];
     match rest.iter().position(|&b| b == b'/' || b == b'?') {
         Some(i) => &rest[i..],
         None => b"/",
@@ -173,17 +169,13 @@ pub fn strip_prefix(head: &mut Vec<u8>, prefix: &str) {
     let Some(rest) = target.strip_prefix(prefix.as_bytes()) else {
         return;
     };
-    let keep: &[u8] = match rest.first() {
-        None => b"/",
-        Some(b'/') => rest,
-        Some(b'?') => &[],
-        _ => return,
-    };
-    let mut new_target = keep.to_vec();
-    if rest.first() == Some(&b'?') {
-        new_target = [&b"/"[..], rest].concat();
+    // In place: the prefix goes; `/api` and `/api?x` keep a `/` of their own.
+    let at = a + 1..a + 1 + prefix.len();
+    match rest.first() {
+        Some(b'/') => drop(head.drain(at)),
+        None | Some(b'?') => drop(head.splice(at, [b'/'])),
+        _ => {}
     }
-    head.splice(a + 1..b, new_target);
 }
 
 /// Apply header rules to a head simian wrote (start line, fields, empty line),

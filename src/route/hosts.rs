@@ -144,15 +144,22 @@ pub fn request_host<'s>(
     std::str::from_utf8(out).ok()
 }
 
+/// An absolute-form target without its scheme: `http://host/p` → `host/p`;
+/// None for any other form.
+pub fn after_scheme(target: &[u8]) -> Option<&[u8]> {
+    let has = |s: &[u8]| target.len() > s.len() && target[..s.len()].eq_ignore_ascii_case(s);
+    if has(b"http://") {
+        Some(&target[7..])
+    } else if has(b"https://") {
+        Some(&target[8..])
+    } else {
+        None
+    }
+}
+
 /// `http://host:port/path` → `host:port`.
 fn absolute_form_host(target: &[u8]) -> Option<&[u8]> {
-    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
-        &target[7..]
-    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
-        &target[8..]
-    } else {
-        return None;
-    };
+    let rest = after_scheme(target)?;
     let end = rest
         .iter()
         .position(|&b| matches!(b, b'/' | b'?' | b'#'))

@@ -299,7 +299,16 @@ async fn accept_loop(w: Rc<Worker>, l: Rc<Registered>, service: Service, stop: R
             // across workers; above it connections wait in the kernel backlog
             // (HAProxy's maxconn).
             let before = PROCESS.client_connections.fetch_add(1, Relaxed);
-            let max = w.live.load().config.global.global_max_connections;
+            // What the current configuration says of this listener, in one load
+            // (a reload may add `proxy` or `tls` to an address it keeps).
+            let (max, proxy, tls) = {
+                let live = w.live.load();
+                (
+                    live.config.global.global_max_connections,
+                    live.proxy_listeners.contains(&l.addr),
+                    service == Service::Http && live.tls_listener(&l.addr).is_some(),
+                )
+            };
             if max.is_some_and(|m| before >= u64::from(m)) {
                 PROCESS.client_connections.fetch_sub(1, Relaxed);
                 // Idle keep-alive connections give way to new ones: close a few
@@ -315,13 +324,8 @@ async fn accept_loop(w: Rc<Worker>, l: Rc<Registered>, service: Service, stop: R
             match l.try_accept() {
                 Ok((stream, peer)) => {
                     w.conns.set(w.conns.get() + 1);
-                    let live = w.live.load();
-                    let proxy =
-                        !live.proxy_listeners.is_empty() && live.proxy_listeners.contains(&l.addr);
                     let kind = match service {
-                        Service::Http if w.live.load().tls_listener(&l.addr).is_some() => {
-                            Kind::HttpTls(l.addr.clone())
-                        }
+                        Service::Http if tls => Kind::HttpTls(l.addr.clone()),
                         Service::Http => Kind::Http,
                         Service::Tcp => Kind::Tcp(l.addr.clone()),
                     };

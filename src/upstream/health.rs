@@ -165,9 +165,10 @@ async fn check(
     // A server that expects PROXY headers (SendProxy) gets one saying the check
     // is the balancer's own (v2 LOCAL, v1 UNKNOWN): HAProxy's check-send-proxy.
     if let Some(v) = send_proxy {
+        use crate::net::proxy_protocol::{V1_UNKNOWN, V2_LOCAL};
         let header: &[u8] = match v {
-            crate::config::ProxyVersion::V1 => b"PROXY UNKNOWN\r\n",
-            crate::config::ProxyVersion::V2 => b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00",
+            crate::config::ProxyVersion::V1 => V1_UNKNOWN,
+            crate::config::ProxyVersion::V2 => &V2_LOCAL,
         };
         if nio::write_all(&conn, header, timeout).await.is_err() {
             return false;

@@ -33,9 +33,7 @@ struct Shard {
 
 impl Shard {
     /// Make room for one more assignment: forget the expired ones, and when the
-    /// shard is still full, the least recently used eighth at once, so the cost
-    /// of finding them (a linear pass) is paid once per eighth of the shard
-    /// rather than once per new cookie.
+    /// shard is still full, its least recently used eighth (`lru`).
     fn make_room(&mut self, now_ms: u64, timeout: u64) {
         if self.map.len() > SWEEP_AT.max(self.swept_len * 2) || self.map.len() >= self.capacity {
             self.map
@@ -45,11 +43,7 @@ impl Shard {
         if self.map.len() < self.capacity {
             return;
         }
-        let mut used: Vec<u64> = self.map.values().map(|(_, u)| *u).collect();
-        let evict = (self.capacity / 8).max(1).min(used.len());
-        let (_, &mut cut, _) = used.select_nth_unstable(evict - 1);
-        // Ties at `cut` may take a few more than an eighth; never fewer than one.
-        self.map.retain(|_, (_, u)| *u > cut);
+        crate::lru::forget_least_recent(&mut self.map, self.capacity, |(_, used)| *used);
         self.swept_len = self.map.len();
     }
 }
