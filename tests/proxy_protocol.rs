@@ -251,22 +251,19 @@ fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
 // Raw backends that record the PROXY header they get
 // ---------------------------------------------------------------------------
 
-/// Each connection's bytes so far, in accept order.
-type Recorded = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
-
-/// A TCP backend that records every connection's bytes, and answers `world\n` once
-/// a connection carried `hello`.
-struct TcpRecorder {
+/// A backend that records what each connection did (a `T`), served by `serve` on
+/// a thread per connection; stopped when dropped.
+struct Recorder<T> {
     addr: SocketAddr,
-    conns: Recorded,
+    conns: Arc<Mutex<Vec<Arc<Mutex<T>>>>>,
     stop: Arc<AtomicBool>,
 }
 
-impl TcpRecorder {
-    fn start() -> TcpRecorder {
+impl<T: Default + Clone + Send + 'static> Recorder<T> {
+    fn spawn(serve: fn(TcpStream, &Mutex<T>)) -> Recorder<T> {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let conns: Recorded = Arc::default();
+        let conns: Arc<Mutex<Vec<Arc<Mutex<T>>>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (cs, st) = (conns.clone(), stop.clone());
         thread::spawn(move || {
@@ -274,26 +271,52 @@ impl TcpRecorder {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(mut s) = s else { continue };
-                let rec = Arc::new(Mutex::new(Vec::new()));
+                let Ok(s) = s else { continue };
+                let rec = Arc::new(Mutex::new(T::default()));
                 cs.lock().unwrap().push(rec.clone());
-                thread::spawn(move || {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-                    let mut answered = false;
-                    let mut b = [0u8; 4096];
-                    while let Ok(n @ 1..) = s.read(&mut b) {
-                        let mut r = rec.lock().unwrap();
-                        r.extend_from_slice(&b[..n]);
-                        if !answered && r.windows(5).any(|w| w == b"hello") {
-                            answered = true;
-                            let _ = s.write_all(b"world\n");
-                        }
-                    }
-                    let _ = s.shutdown(Shutdown::Both);
-                });
+                thread::spawn(move || serve(s, &rec));
             }
         });
-        TcpRecorder { addr, conns, stop }
+        Recorder { addr, conns, stop }
+    }
+
+    /// What every connection so far recorded.
+    fn all(&self) -> Vec<T> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .collect()
+    }
+}
+
+impl<T> Drop for Recorder<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// A raw TCP backend: records every byte, answers `world` to `hello`.
+type TcpRecorder = Recorder<Vec<u8>>;
+
+impl TcpRecorder {
+    fn start() -> TcpRecorder {
+        Recorder::spawn(|mut s, rec| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut answered = false;
+            let mut b = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut b) {
+                let mut r = rec.lock().unwrap();
+                r.extend_from_slice(&b[..n]);
+                if !answered && r.windows(5).any(|w| w == b"hello") {
+                    answered = true;
+                    let _ = s.write_all(b"world\n");
+                }
+            }
+            let _ = s.shutdown(Shutdown::Both);
+        })
     }
 
     /// The bytes of the connection that carried `marker` (waiting for it).
@@ -314,22 +337,6 @@ impl TcpRecorder {
             },
         );
         found.unwrap()
-    }
-
-    fn all(&self) -> Vec<Vec<u8>> {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.lock().unwrap().clone())
-            .collect()
-    }
-}
-
-impl Drop for TcpRecorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }
 
@@ -355,31 +362,11 @@ struct Seen {
 
 /// An HTTP/1.1 backend whose connections must each start with a PROXY header; it
 /// answers every request (GETs only) with 200 and keeps the connection.
-struct HttpRecorder {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>>,
-    stop: Arc<AtomicBool>,
-}
+type HttpRecorder = Recorder<Seen>;
 
 impl HttpRecorder {
     fn start() -> HttpRecorder {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (cs, st) = (conns.clone(), stop.clone());
-        thread::spawn(move || {
-            for s in l.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(s) = s else { continue };
-                let seen = Arc::new(Mutex::new(Seen::default()));
-                cs.lock().unwrap().push(seen.clone());
-                thread::spawn(move || Self::serve(s, &seen));
-            }
-        });
-        HttpRecorder { addr, conns, stop }
+        Recorder::spawn(Self::serve)
     }
 
     fn serve(mut s: TcpStream, seen: &Mutex<Seen>) {
@@ -451,19 +438,7 @@ impl HttpRecorder {
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.lock().unwrap().clone())
-            .collect()
-    }
-}
-
-impl Drop for HttpRecorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        self.all()
     }
 }
 
@@ -1211,34 +1186,14 @@ fn any_header_len(b: &[u8]) -> Result<Option<usize>, ()> {
 /// An HTTP/1.1 backend that wants a PROXY header (v1 or v2, `LOCAL` and `UNKNOWN`
 /// included) before the first request, like a server behind `accept-proxy`:
 /// without one it closes the connection unanswered. Each GET gets 200.
-struct ProxyFirst {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<PpConn>>>>>,
-    stop: Arc<AtomicBool>,
-}
+type ProxyFirst = Recorder<PpConn>;
 
 impl ProxyFirst {
     fn start() -> ProxyFirst {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<PpConn>>>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (cs, st) = (conns.clone(), stop.clone());
-        thread::spawn(move || {
-            for s in l.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(s) = s else { continue };
-                let conn = Arc::new(Mutex::new(PpConn::default()));
-                cs.lock().unwrap().push(conn.clone());
-                thread::spawn(move || {
-                    Self::serve(&s, &conn);
-                    let _ = s.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        ProxyFirst { addr, conns, stop }
+        Recorder::spawn(|s, conn| {
+            Self::serve(&s, conn);
+            let _ = s.shutdown(Shutdown::Both);
+        })
     }
 
     fn serve(s: &TcpStream, conn: &Mutex<PpConn>) {
@@ -1300,19 +1255,7 @@ impl ProxyFirst {
     }
 
     fn conns(&self) -> Vec<PpConn> {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.lock().unwrap().clone())
-            .collect()
-    }
-}
-
-impl Drop for ProxyFirst {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        self.all()
     }
 }
 
