@@ -9,6 +9,7 @@
 #[macro_use]
 pub mod log;
 pub mod accesslog;
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;

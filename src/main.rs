@@ -7,12 +7,15 @@ use simian::cli::{self, Cli, Command};
 use simian::config::{Config, LoadError};
 
 fn main() -> ExitCode {
+    // Before any thread: a process started by an upgrade takes its sockets.
+    simian::runtime::handover::adopt_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             // One clear line per cause, never a backtrace.
             eprintln!("simian: {e:#}");
+            simian::runtime::handover::report_failure(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }
@@ -56,10 +59,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: cli.threads,
                 pid_file: cli.pid_file.clone(),
                 pin_cpus: cli.pin_cpus,
+                upgrade: true,
             };
             let r = simian::runtime::run(config, &path, &opts);
             let _ = std::fs::remove_file(&path);
             r.map(|_| ExitCode::SUCCESS)
+        }
+        Some(Command::Ctl { socket, command }) => {
+            match cli::ctl::socket_path(socket.as_deref(), &cli.config) {
+                Ok(path) => Ok(cli::ctl::run(&path, command)),
+                Err(e) => {
+                    eprintln!("simian ctl: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Some(Command::Demo {
             listen,
@@ -84,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 threads: cli.threads,
                 pid_file: cli.pid_file.clone(),
                 pin_cpus: cli.pin_cpus,
+                upgrade: true,
             };
             simian::runtime::run(config, &cli.config, &opts).map(|_| ExitCode::SUCCESS)
         }
@@ -101,6 +115,7 @@ fn load(cli: &Cli) -> anyhow::Result<Option<Config>> {
         }
         Err(LoadError::Invalid(errors)) => {
             eprintln!("{errors}");
+            simian::runtime::handover::report_failure(&errors.to_string());
             Ok(None)
         }
         Err(e @ LoadError::Read { .. }) => Err(anyhow::anyhow!("{e}")),

@@ -857,6 +857,8 @@ fn sample_value(k: Key) -> &'static str {
         Key::Mode => "http",
         Key::Splice => "auto",
         Key::StatisticsUrl => "/s",
+        Key::HealthUrl => "/healthz",
+        Key::AdminSocket => "/tmp/simian-sample.sock",
         Key::StatisticsAllow => "127.0.0.1",
         Key::Threads => "2",
         Key::Host => "example.com",

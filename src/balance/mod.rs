@@ -94,6 +94,8 @@ pub struct PickContext<'a> {
     pub tried: &'a Tried,
     /// Per-server limit of requests in flight (`MaxConnections`).
     pub max_connections: Option<u32>,
+    /// A sticky cookie leads this pick: drained servers still count.
+    pub sticky: bool,
 }
 
 impl PickContext<'_> {
@@ -102,7 +104,7 @@ impl PickContext<'_> {
     pub fn usable(&self, i: usize) -> bool {
         let s = &self.servers[i];
         !self.tried.contains(i)
-            && s.is_available(self.now_ms)
+            && s.is_available_to(self.now_ms, self.sticky)
             && self
                 .max_connections
                 .is_none_or(|m| s.active.load(Relaxed) < m)
@@ -124,6 +126,12 @@ impl PickContext<'_> {
 pub trait Balance: Send + Sync {
     /// The next server for this request, or `None` when no usable one is left.
     fn pick(&self, cx: &PickContext) -> Option<usize>;
+
+    /// New weights (`simian ctl weight`), one per server; `false` for balancers
+    /// that have no weights.
+    fn set_weights(&self, _weights: &[u32]) -> bool {
+        false
+    }
 }
 
 /// Build the balancer of an entry. `servers` is the entry's list in the same order
@@ -300,6 +308,7 @@ pub(crate) mod testutil {
             now_ms: NOW,
             tried,
             max_connections: None,
+            sticky: false,
         }
     }
 

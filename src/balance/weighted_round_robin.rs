@@ -15,6 +15,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use arc_swap::ArcSwap;
+
 use super::{splitmix64, Balance, PickContext};
 use crate::config::Server;
 
@@ -22,41 +24,55 @@ use crate::config::Server;
 pub const MAX_CYCLE: u64 = 4096;
 
 pub struct WeightedRoundRobin {
-    /// One full smooth cycle, as server indices.
-    cycle: Box<[u32]>,
-    /// The weights the cycle was built from, for the draw around unusable servers.
-    weights: Box<[u64]>,
+    /// Swapped whole by `simian ctl weight` (a pick reads it without a lock).
+    plan: ArcSwap<Plan>,
     /// Picks so far; the slot is this modulo the cycle's length.
     next: AtomicUsize,
 }
 
-impl WeightedRoundRobin {
-    pub fn new(servers: &[Server]) -> WeightedRoundRobin {
-        let weights = cycle_weights(servers);
-        WeightedRoundRobin {
+struct Plan {
+    /// One full smooth cycle, as server indices.
+    cycle: Box<[u32]>,
+    /// The weights the cycle was built from, for the draw around unusable servers.
+    weights: Box<[u64]>,
+}
+
+impl Plan {
+    fn new(weights: &[u32]) -> Plan {
+        let weights = cycle_weights(weights);
+        Plan {
             cycle: smooth_cycle(&weights).into(),
             weights: weights.into(),
+        }
+    }
+}
+
+impl WeightedRoundRobin {
+    pub fn new(servers: &[Server]) -> WeightedRoundRobin {
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        WeightedRoundRobin {
+            plan: ArcSwap::from_pointee(Plan::new(&weights)),
             next: AtomicUsize::new(0),
         }
     }
 
     /// A usable server drawn with probability proportional to its weight, using
     /// `seed` as the randomness; `None` when nothing is usable.
-    fn weighted_draw(&self, cx: &PickContext, seed: u64) -> Option<usize> {
-        let n = cx.servers.len().min(self.weights.len());
+    fn weighted_draw(plan: &Plan, cx: &PickContext, seed: u64) -> Option<usize> {
+        let n = cx.servers.len().min(plan.weights.len());
         let total: u64 = (0..n)
             .filter(|&i| cx.usable(i))
-            .map(|i| self.weights[i])
+            .map(|i| plan.weights[i])
             .sum();
         if total == 0 {
             return None;
         }
         let mut r = splitmix64(seed) % total;
         for i in (0..n).filter(|&i| cx.usable(i)) {
-            if r < self.weights[i] {
+            if r < plan.weights[i] {
                 return Some(i);
             }
-            r -= self.weights[i];
+            r -= plan.weights[i];
         }
         // A server became unusable between the two scans.
         cx.first_usable_from(0)
@@ -65,22 +81,28 @@ impl WeightedRoundRobin {
 
 impl Balance for WeightedRoundRobin {
     fn pick(&self, cx: &PickContext) -> Option<usize> {
-        if cx.servers.is_empty() || self.cycle.is_empty() {
+        let plan = self.plan.load();
+        if cx.servers.is_empty() || plan.cycle.is_empty() {
             return None;
         }
         let ticket = self.next.fetch_add(1, Relaxed);
-        let i = self.cycle[ticket % self.cycle.len()] as usize;
+        let i = plan.cycle[ticket % plan.cycle.len()] as usize;
         if i < cx.servers.len() && cx.usable(i) {
             return Some(i);
         }
-        self.weighted_draw(cx, ticket as u64)
+        Self::weighted_draw(&plan, cx, ticket as u64)
+    }
+
+    fn set_weights(&self, weights: &[u32]) -> bool {
+        self.plan.store(std::sync::Arc::new(Plan::new(weights)));
+        true
     }
 }
 
 /// The weights the cycle uses: divided by their gcd, then scaled down
 /// proportionally when their sum exceeds the cycle's cap.
-fn cycle_weights(servers: &[Server]) -> Vec<u64> {
-    let w: Vec<u64> = servers.iter().map(|s| u64::from(s.weight.max(1))).collect();
+fn cycle_weights(weights: &[u32]) -> Vec<u64> {
+    let w: Vec<u64> = weights.iter().map(|&w| u64::from(w.max(1))).collect();
     let g = w.iter().fold(0, |g, &x| gcd(g, x)).max(1);
     let w: Vec<u64> = w.iter().map(|x| x / g).collect();
     let total: u64 = w.iter().sum();
@@ -139,7 +161,7 @@ mod tests {
     #[test]
     fn three_two_one_exact_and_smooth() {
         let (b, servers) = wrr(&[3, 2, 1]);
-        assert_eq!(&*b.cycle, &[0, 1, 0, 2, 1, 0]);
+        assert_eq!(&*b.plan.load().cycle, &[0, 1, 0, 2, 1, 0]);
         assert_eq!(counts(&b, &servers, 6), [3, 2, 1]);
         assert_eq!(counts(&b, &servers, 600), [300, 200, 100]);
     }
@@ -158,10 +180,10 @@ mod tests {
     #[test]
     fn gcd_and_cap() {
         let (b, _) = wrr(&[2, 4, 6]);
-        assert_eq!(b.cycle.len(), 6);
+        assert_eq!(b.plan.load().cycle.len(), 6);
         let (b, servers) = wrr(&[30_000, 10_000, 1]);
-        assert!(b.cycle.len() as u64 <= MAX_CYCLE + 3);
-        let c = counts(&b, &servers, b.cycle.len());
+        assert!(b.plan.load().cycle.len() as u64 <= MAX_CYCLE + 3);
+        let c = counts(&b, &servers, b.plan.load().cycle.len());
         assert_eq!(c[2], 1, "a tiny weight keeps one slot");
         assert!((c[0] as f64 / c[1] as f64 - 3.0).abs() < 0.01, "{c:?}");
     }

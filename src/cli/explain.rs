@@ -249,6 +249,7 @@ fn choose_server(
         now_ms: now,
         tried: &tried,
         max_connections: e.max_connections,
+        sticky: false,
     };
     let balancer = balance::build(e.balancer, &e.servers);
     let cookie_value = cookie

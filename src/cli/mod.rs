@@ -1,6 +1,7 @@
 //! The command line (SPEC section 1): flags, subcommands, and what each prints.
 
 pub mod check;
+pub mod ctl;
 pub mod explain;
 pub mod forward;
 
@@ -60,6 +61,16 @@ pub enum Command {
     /// Forward TCP without a configuration file (fproxy/eproxy style):
     /// `simian forward [OPTIONS] LISTEN... -- BACKEND...` or `simian forward 8080 10.0.0.1 80`
     Forward(forward::ForwardArgs),
+    /// Send a command to a running simian's AdminSocket: servers | drain ROUTE SERVER |
+    /// maint ROUTE SERVER | ready ROUTE SERVER | weight ROUTE SERVER N
+    Ctl {
+        /// The admin socket (default: the `AdminSocket` of the configuration file)
+        #[arg(short = 's', long = "socket", value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The command and its arguments
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Run three built-in backends and the proxy in front of them, and print what to try
     Demo {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]

@@ -50,6 +50,9 @@ pub enum Key {
     ResponseHeader,
     TrustedProxies,
     SendProxy,
+    ShutdownDelay,
+    AdminSocket,
+    HealthUrl,
 }
 
 /// Which sections a key may appear in.
@@ -61,7 +64,7 @@ pub enum Place {
 }
 
 impl Key {
-    pub const ALL: [Key; 47] = [
+    pub const ALL: [Key; 50] = [
         Key::Listen,
         Key::TlsCertificate,
         Key::TlsKey,
@@ -109,6 +112,9 @@ impl Key {
         Key::ResponseHeader,
         Key::TrustedProxies,
         Key::SendProxy,
+        Key::ShutdownDelay,
+        Key::AdminSocket,
+        Key::HealthUrl,
     ];
 
     /// The canonical spelling (what the docs and messages use).
@@ -161,6 +167,9 @@ impl Key {
             Key::ResponseHeader => "ResponseHeader",
             Key::TrustedProxies => "TrustedProxies",
             Key::SendProxy => "SendProxy",
+            Key::ShutdownDelay => "ShutdownDelay",
+            Key::AdminSocket => "AdminSocket",
+            Key::HealthUrl => "HealthURL",
         }
     }
 
@@ -179,6 +188,9 @@ impl Key {
             | Key::ErrorLog
             | Key::Threads
             | Key::ShutdownTimeout
+            | Key::ShutdownDelay
+            | Key::AdminSocket
+            | Key::HealthUrl
             | Key::TrustedProxies => Place::Defaults,
             Key::Match
             | Key::Name

@@ -14,7 +14,7 @@ pub mod model;
 pub mod raw;
 mod resolve;
 pub mod rules;
-mod suggest;
+pub(crate) mod suggest;
 mod tls;
 mod values;
 

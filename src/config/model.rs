@@ -269,6 +269,13 @@ pub struct Global {
     /// `None` is `auto`: one per core.
     pub threads: Option<u32>,
     pub shutdown_timeout: Duration,
+    /// `ShutdownDelay`: after SIGTERM, how long to keep serving with the
+    /// `HealthURL` answering 503 before the drain starts (SPEC section 11).
+    pub shutdown_delay: Duration,
+    /// `HealthURL`: answered by simian itself, 200 while serving, 503 once stopping.
+    pub health_url: Option<String>,
+    /// `AdminSocket`: the unix socket `simian ctl` talks to (off when `None`).
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// A whole validated configuration.

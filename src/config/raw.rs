@@ -488,6 +488,9 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Rule::response_header => Key::ResponseHeader,
         Rule::trusted_proxies => Key::TrustedProxies,
         Rule::send_proxy => Key::SendProxy,
+        Rule::shutdown_delay => Key::ShutdownDelay,
+        Rule::admin_socket => Key::AdminSocket,
+        Rule::health_url => Key::HealthUrl,
         other => return Err((span, format!("unexpected {other:?}"), None)),
     };
     let Some(first) = first else {
@@ -533,7 +536,9 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         Key::BackendTlsVerify => {
             Value::Switch(first.into_inner().next().map(|p| p.as_rule()) == Some(Rule::on))
         }
-        Key::TlsKey | Key::TlsClientCa | Key::BackendCa | Key::ErrorLog => Value::Path(first_str),
+        Key::TlsKey | Key::TlsClientCa | Key::BackendCa | Key::ErrorLog | Key::AdminSocket => {
+            Value::Path(first_str)
+        }
         Key::AccessLog | Key::Threads if first.as_rule() == Rule::off => Value::Off,
         Key::Threads if first.as_rule() == Rule::auto => Value::Auto,
         Key::AccessLog => Value::Path(first_str),
@@ -607,7 +612,8 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
         | Key::HeadTimeout
         | Key::HealthCheckInterval
         | Key::StickyTimeout
-        | Key::ShutdownTimeout => Value::Duration(first_str),
+        | Key::ShutdownTimeout
+        | Key::ShutdownDelay => Value::Duration(first_str),
         Key::HealthCheck => {
             let inner = first.into_inner().next();
             Value::HealthCheck(match inner.as_ref().map(|p| p.as_rule()) {
@@ -639,7 +645,7 @@ fn directive(pair: Pair<Rule>, line: usize) -> Result<Directive, DirectiveError>
             Some(Rule::splice_off) => SpliceMode::Off,
             _ => SpliceMode::Auto,
         }),
-        Key::StatisticsUrl | Key::StripPrefix => Value::Path(first_str),
+        Key::StatisticsUrl | Key::HealthUrl | Key::StripPrefix => Value::Path(first_str),
         Key::RateLimit
         | Key::Redirect
         | Key::MaxBodySize

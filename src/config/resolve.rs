@@ -123,6 +123,28 @@ impl<'r> Resolver<'r> {
         }
     }
 
+    /// The admin socket's directory must exist: simian creates the socket, not
+    /// the directories above it (as nginx's `pid`, HAProxy's `stats socket`).
+    fn admin_socket(&mut self, d: &Directive) -> Option<PathBuf> {
+        let p = path_of(Some(d))?;
+        let dir = match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            self.error(
+                d.value_span,
+                format!(
+                    "AdminSocket: the directory {} does not exist",
+                    dir.display()
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(p)
+    }
+
     fn listeners(&mut self, ds: &[&Directive]) -> Vec<Listener> {
         let mut out = Vec::new();
         for d in ds {
@@ -282,7 +304,16 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
         error_log: path_of(dk.one(Key::ErrorLog)),
         threads: None,
         shutdown_timeout: Duration::from_secs(30),
+        shutdown_delay: Duration::ZERO,
+        health_url: path_of(dk.one(Key::HealthUrl)).map(|p| p.to_string_lossy().into()),
+        admin_socket: None,
     };
+    if let Some(d) = r.duration(dk.one(Key::ShutdownDelay), false) {
+        global.shutdown_delay = d;
+    }
+    if let Some(d) = dk.one(Key::AdminSocket) {
+        global.admin_socket = r.admin_socket(d);
+    }
     if let Some(d) = r.duration(dk.one(Key::HeadTimeout), true) {
         global.head_timeout = d;
     }
@@ -549,8 +580,9 @@ pub fn resolve(raw: RawFile, source: PathBuf) -> Result<Config, ConfigErrors> {
     }
 
     // The defaults' Listen is opened only when something serves http on it.
-    let needs_http =
-        entries.iter().any(|e| e.mode == Mode::Http) || global.statistics_url.is_some();
+    let needs_http = entries.iter().any(|e| e.mode == Mode::Http)
+        || global.statistics_url.is_some()
+        || global.health_url.is_some();
     if needs_http {
         global.listen = if default_listen.is_empty() && dk.all(Key::Listen).is_empty() {
             vec![Listener {

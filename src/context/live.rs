@@ -2,6 +2,7 @@
 //! state built from it (per-server atomics, balancers). One `ArcSwap` holds it; a
 //! reload builds a new one off the hot path and swaps it in.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::balance::{self, Balance};
@@ -79,9 +80,19 @@ impl Live {
                                 .find(|x| x.spec.addr == s.addr && x.spec.weight == s.weight)
                         })
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(ServerState::new(s.clone())))
+                        .unwrap_or_else(|| {
+                            let st = ServerState::new(s.clone());
+                            // A new weight in the file: a new state, but what the
+                            // operator said of the server stands.
+                            if let Some(o) =
+                                old.and_then(|o| o.servers.iter().find(|x| x.spec.addr == s.addr))
+                            {
+                                st.inherit_admin(o);
+                            }
+                            Arc::new(st)
+                        })
                     })
-                    .collect();
+                    .collect::<Vec<Arc<ServerState>>>();
                 let same_shape = previous.zip(old_i).is_some_and(|(p, i)| {
                     let oe = &p.config.entries[i];
                     oe.patterns == e.patterns && oe.servers == e.servers
@@ -111,10 +122,15 @@ impl Live {
                     .rules
                     .rate_limit
                     .map(|_| old.and_then(|o| o.rate.clone()).unwrap_or_default());
+                let balancer = balance::build(e.balancer, &e.servers);
+                if servers.iter().any(|s| s.weight_override.load(Relaxed) != 0) {
+                    let weights: Vec<u32> = servers.iter().map(|s| s.weight()).collect();
+                    balancer.set_weights(&weights);
+                }
                 EntryRuntime {
                     rate,
                     servers,
-                    balancer: balance::build(e.balancer, &e.servers),
+                    balancer,
                     stats,
                     sticky,
                     salts: balance::salts(&e.servers),

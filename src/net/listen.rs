@@ -123,6 +123,29 @@ impl Listener {
         }
     }
 
+    /// A listening socket received from the process this one replaces (SIGUSR2):
+    /// its address is what the kernel says it is bound to.
+    pub fn adopt(fd: OwnedFd) -> io::Result<Listener> {
+        let s = socket2::SockRef::from(&fd);
+        if !s.is_listener()? {
+            return Err(io::Error::other("not a listening socket"));
+        }
+        let local = s.local_addr()?;
+        let addr = match (local.as_socket(), local.as_pathname()) {
+            (Some(a), _) => Address::Inet(a),
+            (None, Some(p)) => Address::Unix(p.to_path_buf()),
+            _ => return Err(io::Error::other("neither a TCP nor a named unix socket")),
+        };
+        s.set_cloexec(true)?;
+        s.set_nonblocking(true)?;
+        Ok(Listener { addr, fd })
+    }
+
+    /// The descriptor, to hand over to a new process.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Another handle on the same socket (unix listeners are shared by workers).
     pub fn try_clone(&self) -> io::Result<Listener> {
         Ok(Listener {

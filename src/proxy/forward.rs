@@ -156,6 +156,8 @@ impl Forward<'_> {
             now_ms: now,
             tried,
             max_connections: self.entry.max_connections,
+            // Hash mode: the cookie decides; a drained server keeps its clients.
+            sticky: matches!(self.sticky_key, Some((StickyKind::Hash, _))),
         };
         // Hash mode stays on the cookie's rendezvous order through failover (the
         // next server by hash is where the cookie lands for good once its server
@@ -403,7 +405,8 @@ fn sticky_table_pick(
     let table = rt.sticky.as_ref()?;
     if let Some(s) = table.get(key, cx.now_ms) {
         match rt.servers.iter().position(|x| Arc::ptr_eq(x, &s)) {
-            Some(i) if cx.usable(i) => return Some(i),
+            // A drained server keeps the clients its cookie names.
+            Some(i) if usable_for_sticky(cx, i) => return Some(i),
             Some(_) => crate::info!(
                 "entry {}: sticky server {} unavailable for client {}: reassigning its cookie",
                 entry.name,
@@ -414,4 +417,13 @@ fn sticky_table_pick(
         }
     }
     rt.balancer.pick(cx)
+}
+
+/// [`PickContext::usable`] for the server a `table` cookie names.
+fn usable_for_sticky(cx: &PickContext, i: usize) -> bool {
+    PickContext {
+        sticky: true,
+        ..*cx
+    }
+    .usable(i)
 }

@@ -66,9 +66,11 @@ pub async fn serve(w: &Rc<Worker>, mut client: Stream, peer: Peer, fresh: bool) 
                         g.idle_timeout.min(g.head_timeout)
                     }
                 };
-                if w.shutdown.started() {
-                    return;
-                }
+                let idle = if w.shutdown.started() {
+                    idle.min(crate::context::shutdown::DRAIN_IDLE_GRACE)
+                } else {
+                    idle
+                };
                 match wait_request(w, &client, idle, may_park).await {
                     Wait::Request => {}
                     Wait::Close => return,
@@ -202,9 +204,11 @@ async fn wait_request(w: &Worker, client: &Stream, idle: Duration, may_park: boo
     // Never entered (readable at once): nothing to remove, nobody swept it.
     let swept = entry.is_none() && w.idle.borrow_mut().remove(&fd).is_none();
     match r {
-        _ if swept || w.shutdown.started() => Wait::Close,
+        _ if swept => Wait::Close,
+        // Also while draining: the request was on its way (see DRAIN_IDLE_GRACE).
         Some(Ok(())) => Wait::Request,
         Some(Err(_)) => Wait::Close,
+        None if w.shutdown.started() => Wait::Close,
         None => Wait::Park { deadline },
     }
 }
@@ -357,6 +361,11 @@ async fn handle(
             dest: peer.dest,
         }
     };
+    if let Some(url) = &config.global.health_url {
+        if &buf[head.path.clone()] == url.as_bytes() {
+            return Box::pin(crate::proxy::health::serve(w, live, client, head)).await;
+        }
+    }
     if let Some(url) = &config.global.statistics_url {
         if &buf[head.path.clone()] == url.as_bytes() {
             return Box::pin(crate::proxy::statistics::serve(

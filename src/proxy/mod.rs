@@ -5,6 +5,7 @@ pub mod body;
 pub mod client_address;
 pub mod exchange;
 pub mod forward;
+pub mod health;
 pub mod http;
 pub mod rules;
 pub mod statistics;

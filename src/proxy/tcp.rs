@@ -64,6 +64,7 @@ pub async fn serve(w: &Rc<Worker>, client: Stream, peer: Peer, listen: &Address)
             now_ms: now,
             tried: &tried,
             max_connections: entry.max_connections,
+            sticky: false,
         };
         let Some(i) = rt.balancer.pick(&cx) else {
             break;

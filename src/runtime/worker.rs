@@ -49,6 +49,8 @@ pub struct WorkerSpec {
     pub live: Arc<ArcSwap<Live>>,
     pub shutdown: Shutdown,
     pub pin_cpu: Option<usize>,
+    /// Counts this worker in once it accepts on its listeners.
+    pub ready: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Run a worker to completion (until shutdown has drained it). A panic that
@@ -62,6 +64,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
     }
     let kept: Kept = Rc::new(RefCell::new(spec.listeners));
     let conns = Rc::new(Cell::new(0));
+    let ready = Cell::new(Some(spec.ready));
     loop {
         let once = || {
             run_once(
@@ -71,6 +74,7 @@ pub fn run(spec: WorkerSpec) -> std::io::Result<()> {
                 spec.id,
                 &kept,
                 &conns,
+                &ready,
             )
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(once)) {
@@ -101,6 +105,7 @@ fn run_once(
     id: usize,
     kept: &Kept,
     conns: &Rc<Cell<usize>>,
+    ready: &Cell<Option<Arc<std::sync::atomic::AtomicUsize>>>,
 ) -> std::io::Result<()> {
     let mut rt = runtime()?;
     rt.block_on(async move {
@@ -141,6 +146,10 @@ fn run_once(
                 Err(e) => crate::error!("worker {id}: cannot listen on {}: {e}", l.addr),
             }
         }
+        // The first start only: the process is ready once every worker accepts.
+        if let Some(r) = ready.take() {
+            r.fetch_add(1, Release);
+        }
         let (w2, stops2, ctrl, kept) = (w.clone(), stops.clone(), ctrl.clone(), kept.clone());
         monoio::spawn(supervise::task(id, "control channel", move || {
             control(w2.clone(), stops2.clone(), ctrl.clone(), kept.clone())
@@ -149,18 +158,25 @@ fn run_once(
             panic!("fault injected: worker-runtime");
         }
         w.shutdown.wait().await;
-        // Stop listening now, not when each accept loop notices: shutdown(2) on a
-        // listening socket makes the kernel refuse new connections at once, whatever
-        // the driver still holds of the fd.
-        for (_, fd) in w.listen_fds.borrow().iter() {
-            // SAFETY: plain syscall; the fd stays open until its accept loop ends.
-            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+        if !w.shutdown.handing_over() {
+            // Stop listening now, not when each accept loop notices: shutdown(2) on
+            // a listening socket makes the kernel refuse new connections at once,
+            // whatever the driver still holds of the fd. Not on an upgrade: the
+            // new process accepts on these very sockets (the accept loops end and
+            // close only this process's descriptors).
+            for (_, fd) in w.listen_fds.borrow().iter() {
+                // SAFETY: plain syscall; the fd stays open until its accept loop ends.
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            }
         }
-        // Draining: idle keep-alive clients go now; busy ones finish their request
-        // (their response carries `Connection: close`).
-        for fd in w.idle.borrow_mut().drain().map(|(fd, _)| fd) {
-            // SAFETY: plain syscall; the fd is open while it is in the set.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        // Draining: keep-alive clients between requests get a short grace for a
+        // request already on its way, then the sweeper closes them; busy ones
+        // finish their request (their response carries `Connection: close`).
+        let soon = crate::upstream::clock::now_ms()
+            + crate::context::shutdown::DRAIN_IDLE_GRACE.as_millis() as u64;
+        for idle in w.idle.borrow_mut().values_mut() {
+            idle.deadline = idle.deadline.min(soon);
+            idle.park_at = u64::MAX;
         }
         w.count_out_parked(w.parked.close_all());
         // Draining: wait for the connections of this worker to finish.
@@ -456,7 +472,8 @@ async fn resume_parked(w: Rc<Worker>) {
 /// the connection it was swept; shutdown(2) wakes its readiness wait.
 async fn sweep_idle_every(w: Rc<Worker>, every: Duration) {
     let mut due = Vec::new();
-    while !w.shutdown.started() {
+    // Through the drain too: it closes the connections whose grace ran out.
+    while !(w.shutdown.started() && w.conns.get() == 0) {
         monoio::time::sleep(every).await;
         if crate::fault::point("sweeper") {
             panic!("fault injected: sweeper");

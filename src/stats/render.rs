@@ -58,6 +58,7 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
     let now = now_ms();
     let (mut req, mut dur, mut rx, mut tx, mut mat) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut up, mut act, mut fail, mut off, mut hc) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut admin, mut weight) = (vec![], vec![]);
     let mut sticky = vec![];
     let mut limited = vec![];
     for (e, rt) in c.entries.iter().zip(&live.entries) {
@@ -83,6 +84,8 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
             let l = [("route", route), ("server", server)];
             up.push(gauge(&l, if srv.is_offline(now) { 0.0 } else { 1.0 }));
             act.push(gauge(&l, srv.active.load(Relaxed) as f64));
+            admin.push(gauge(&l, f64::from(srv.admin_state() as u8)));
+            weight.push(gauge(&l, f64::from(srv.weight())));
             fail.push(counter(&l, srv.connect_failures.load(Relaxed)));
             off.push(counter(&l, srv.offline_transitions.load(Relaxed)));
             for (result, v) in [("success", &srv.health_ok), ("failure", &srv.health_failed)] {
@@ -206,6 +209,18 @@ pub fn families(live: &Live) -> Vec<MetricFamily> {
             up,
         ),
         family(
+            SERVER_ADMIN_STATE,
+            "What the operator said of the server (simian ctl): 0 ready, 1 drain, 2 maint.",
+            GAUGE,
+            admin,
+        ),
+        family(
+            SERVER_WEIGHT,
+            "The server's weight in force (the file's, or simian ctl weight's).",
+            GAUGE,
+            weight,
+        ),
+        family(
             SERVER_ACTIVE,
             "Requests in flight to the server.",
             GAUGE,
@@ -325,7 +340,8 @@ pub fn json(live: &Live) -> Vec<u8> {
                     serde_json::json!({
                         "server": srv.spec.text,
                         "address": srv.spec.addr.to_string(),
-                        "weight": srv.spec.weight,
+                        "weight": srv.weight(),
+                        "admin_state": srv.admin_state().name(),
                         "up": !srv.is_offline(now),
                         "health_down": srv.health_down.load(Relaxed),
                         "offline_for_ms": until.saturating_sub(now),
@@ -402,7 +418,7 @@ pub fn html(live: &Live) -> Vec<u8> {
         let _ = write!(
             o,
             "<h2>{}</h2><p>{} &middot; {}match: <code>{}</code></p><table><tr><th>server</th><th>state</th>\
-             <th>active</th><th>requests</th><th>5xx</th><th>connect failures</th><th>offline count</th>\
+             <th>admin</th><th>weight</th><th>active</th><th>requests</th><th>5xx</th><th>connect failures</th><th>offline count</th>\
              <th>offline for</th></tr>",
             esc(&e.name),
             esc(e.balancer.name()),
@@ -428,10 +444,12 @@ pub fn html(live: &Live) -> Vec<u8> {
             let until = srv.offline_until.load(Relaxed);
             let _ = write!(
                 o,
-                "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&srv.spec.text),
                 if offline { "down" } else { "up" },
                 if offline { "offline" } else { "up" },
+                srv.admin_state().name(),
+                srv.weight(),
                 srv.active.load(Relaxed),
                 reqs,
                 errs,

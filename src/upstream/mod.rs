@@ -7,4 +7,4 @@ pub mod pool;
 pub mod server;
 pub mod sticky;
 
-pub use server::ServerState;
+pub use server::{AdminState, ServerState};

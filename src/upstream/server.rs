@@ -7,7 +7,7 @@
 //! exactly one request probes it; a success resets everything. Time is an argument
 //! (`now_ms`), so the rules are tested without sleeping.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 
 use crate::config::{Availability, Server};
 
@@ -34,6 +34,38 @@ pub struct ServerState {
     /// fproxy's LeastBytes / LeastTime inputs.
     pub bytes: AtomicU64,
     pub busy_ms: AtomicU64,
+    /// Set by `simian ctl` (an [`AdminState`] as u8): kept across reloads.
+    pub admin: AtomicU8,
+    /// `simian ctl weight`: the weight in force, 0 = as configured.
+    pub weight_override: AtomicU32,
+}
+
+/// What the operator said of a server (`simian ctl`, SPEC section 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    Ready = 0,
+    /// No new requests but those a sticky cookie leads to; in-flight ones finish.
+    Drain = 1,
+    /// No requests at all.
+    Maint = 2,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
 }
 
 impl ServerState {
@@ -51,12 +83,56 @@ impl ServerState {
             health_failed: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             busy_ms: AtomicU64::new(0),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            weight_override: AtomicU32::new(0),
         }
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Relaxed))
+    }
+
+    pub fn set_admin_state(&self, a: AdminState) {
+        self.admin.store(a as u8, Relaxed);
+    }
+
+    /// The weight balancers use: `simian ctl weight`'s, else the configured one.
+    pub fn weight(&self) -> u32 {
+        match self.weight_override.load(Relaxed) {
+            0 => self.spec.weight,
+            w => w,
+        }
+    }
+
+    /// Take over what the operator set on `old` (the same server across a reload
+    /// that had to build a new state for it).
+    pub fn inherit_admin(&self, old: &ServerState) {
+        self.admin.store(old.admin.load(Relaxed), Relaxed);
+        self.weight_override
+            .store(old.weight_override.load(Relaxed), Relaxed);
     }
 
     /// Is it worth trying this server now? Cheap, no side effect: balancers call it
     /// while scanning. The probe slot is claimed by [`ServerState::acquire`].
+    #[inline]
     pub fn is_available(&self, now_ms: u64) -> bool {
+        self.is_available_to(now_ms, false)
+    }
+
+    /// [`ServerState::is_available`] for a request a sticky cookie leads here
+    /// (`sticky`): a drained server still takes those.
+    #[inline]
+    pub fn is_available_to(&self, now_ms: u64, sticky: bool) -> bool {
+        let admin = self.admin.load(Relaxed);
+        if admin != AdminState::Ready as u8 && (admin == AdminState::Maint as u8 || !sticky) {
+            return false;
+        }
+        self.is_healthy(now_ms)
+    }
+
+    /// Neither taken down by health checks nor offline after failed connects,
+    /// whatever the operator said.
+    pub fn is_healthy(&self, now_ms: u64) -> bool {
         if self.health_down.load(Relaxed) {
             return false;
         }
@@ -70,7 +146,7 @@ impl ServerState {
     /// `connect_failed` or `release_probe` (see [`ProbeGuard`]), whatever connection
     /// it used.
     pub fn acquire(&self, now_ms: u64) -> Option<bool> {
-        if self.health_down.load(Relaxed) {
+        if self.health_down.load(Relaxed) || self.admin.load(Relaxed) == AdminState::Maint as u8 {
             return None;
         }
         let until = self.offline_until.load(Acquire);
@@ -122,8 +198,10 @@ impl ServerState {
         }
     }
 
+    /// Down by health checks or failed connects (what the statistics call down;
+    /// the operator's state is shown apart).
     pub fn is_offline(&self, now_ms: u64) -> bool {
-        !self.is_available(now_ms)
+        !self.is_healthy(now_ms)
     }
 }
 
