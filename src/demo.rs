@@ -62,6 +62,9 @@ pub fn run(listen: &str, tls: Option<&str>) -> anyhow::Result<()> {
         );
         println!("  openssl s_client -connect {tls} -servername localhost </dev/null");
     }
+    println!();
+    println!("  http://{listen}/simian-status   # live statistics: open it in a browser (also ?format=json, Prometheus for curl)");
+    println!("  http://{listen}/healthz         # health endpoint: 200 while serving, 503 once stopping");
     println!("  (config used: {}; Ctrl-C stops)", path.display());
     println!();
     let r = runtime::run(config, &path, &RunOptions::default());
