@@ -82,6 +82,7 @@ fn run(
             now_ms: 1_000,
             tried: &tried,
             max_connections: Some(10_000),
+            sticky: false,
         };
         black_box(b.pick(black_box(&cx)));
     }

@@ -64,7 +64,9 @@ pub fn run(listen: &str, tls: Option<&str>) -> anyhow::Result<()> {
     }
     println!();
     println!("  http://{listen}/simian-status   # live statistics: open it in a browser (also ?format=json, Prometheus for curl)");
-    println!("  http://{listen}/healthz         # health endpoint: 200 while serving, 503 once stopping");
+    println!(
+        "  http://{listen}/healthz         # health endpoint: 200 while serving, 503 once stopping"
+    );
     println!("  (config used: {}; Ctrl-C stops)", path.display());
     println!();
     let r = runtime::run(config, &path, &RunOptions::default());

@@ -217,14 +217,14 @@ impl Running {
 
     /// A descriptor for each listening socket, for the new process of an upgrade.
     fn sockets_for_upgrade(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
-        use std::os::fd::{BorrowedFd, OwnedFd};
+        use std::os::fd::BorrowedFd;
         self.sockets
             .lock()
             .iter()
             .map(|l| {
                 // SAFETY: the listener is open while we hold the lock.
                 let b = unsafe { BorrowedFd::borrow_raw(l.raw_fd()) };
-                b.try_clone_to_owned().map(OwnedFd::from)
+                b.try_clone_to_owned()
             })
             .collect()
     }
@@ -350,12 +350,14 @@ fn serve_until_stopped(
         )?),
         None => None,
     };
-    if let Some(p) = &opts.pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pid file {}", p.display()))?;
-    }
     let upgraded = handover::is_upgrade();
+    if upgraded && crate::fault::point("upgrade-never-ready") {
+        // Tests of the old process's timeout (debug builds only).
+        std::thread::sleep(upgrade::READY_WITHIN + std::time::Duration::from_secs(5));
+    }
     handover::report_ready();
+    // After the report: the pid file never names a process that is not serving.
+    write_pid_file(opts)?;
     notify_systemd(upgraded);
     crate::info!(
         "simian {} listening on {}{}",
@@ -426,7 +428,13 @@ fn serve_until_stopped(
             pending = None;
             match outcome {
                 Ok(pid) => break Some(pid),
-                Err(e) => crate::error!("upgrade failed, this process keeps serving: {e}"),
+                Err(e) => {
+                    crate::error!("upgrade failed, this process keeps serving: {e}");
+                    // Whatever the failed process wrote there, this one serves.
+                    if let Err(e) = write_pid_file(opts) {
+                        crate::error!("{e:#}");
+                    }
+                }
             }
         }
         if drain_at.is_some_and(|t| std::time::Instant::now() >= t) {
@@ -468,6 +476,18 @@ fn serve_until_stopped(
         }
     }
     r
+}
+
+fn write_pid_file(opts: &RunOptions) -> anyhow::Result<()> {
+    if let Some(p) = &opts.pid_file {
+        // Written whole, then renamed: a reader never sees an empty file.
+        let mut tmp = p.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|_| std::fs::rename(&tmp, p))
+            .with_context(|| format!("cannot write pid file {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// SIGHUP: reload, reopen the log files, follow a changed `AdminSocket`.
