@@ -3,11 +3,10 @@
 //! the listening sockets, and wait for its report. Runs on a thread of its own so
 //! the signal loop keeps answering (a second SIGUSR2 is refused while this runs).
 
+use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,55 +76,173 @@ fn run(exe: &Path, sockets: &[OwnedFd], admin: &str, slot: &AtomicU32) -> Result
         .collect::<Vec<_>>()
         .join(",");
     handed.push(report_w.as_raw_fd());
-    let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
-        .env(LISTEN_FDS, list)
-        .env(REPORT_FD, report_w.as_raw_fd().to_string())
-        .env(ADMIN_STATE, admin);
-    // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &handed {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
+    let env = [
+        (LISTEN_FDS, list),
+        (REPORT_FD, report_w.as_raw_fd().to_string()),
+        (ADMIN_STATE, admin.to_string()),
+    ];
+    let image = Image::new(exe, &env, handed, report_w.as_raw_fd())
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    image
+        .spawn_detached()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     drop(report_w);
-    slot.store(child.id(), Release);
-    crate::info!(
-        "upgrade: started {} (pid {}); waiting up to {}s for it to serve",
-        exe.display(),
-        child.id(),
-        READY_WITHIN.as_secs()
-    );
-    match read_report(report, READY_WITHIN) {
-        Report::Ready => Ok(child.id()),
-        Report::Failed(why) => {
-            let st = reap(&mut child, Duration::from_secs(2));
-            Err(format!(
-                "the new process could not start ({st}):\n{}",
-                why.trim_end()
-            ))
-        }
-        Report::Gone => {
-            let st = reap(&mut child, Duration::from_secs(2));
-            Err(format!("the new process ended before it was ready ({st})"))
-        }
+    let outcome = read_report(report, READY_WITHIN, slot);
+    let pid = slot.load(Acquire);
+    match outcome {
+        Report::Ready if pid != 0 => Ok(pid),
+        Report::Ready => Err("the new process said it was ready but not who it is".into()),
+        Report::Failed(why) => Err(format!(
+            "the new process (pid {pid}) could not start:\n{}",
+            why.trim_end()
+        )),
+        Report::Gone => Err(format!(
+            "the new process (pid {pid}) ended before it was ready (its own errors are in the log)"
+        )),
         Report::Late => {
-            let _ = child.kill();
-            let _ = child.wait();
+            if pid != 0 {
+                // SAFETY: plain kill(2) on the process we started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
             Err(format!(
-                "the new process was not ready within {}s; killed it",
+                "the new process (pid {pid}) was not ready within {}s; killed it",
                 READY_WITHIN.as_secs()
             ))
         }
     }
+}
+
+/// What to exec, prepared before fork: after it only async-signal-safe calls.
+struct Image {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// Descriptors the new process inherits (close-on-exec cleared in the child).
+    keep: Vec<RawFd>,
+    /// Where the intermediate process writes the new process's pid.
+    report: RawFd,
+}
+
+impl Image {
+    fn new(
+        exe: &Path,
+        env: &[(&str, String)],
+        keep: Vec<RawFd>,
+        report: RawFd,
+    ) -> std::io::Result<Image> {
+        let c = |b: &[u8]| {
+            CString::new(b).map_err(|_| std::io::Error::other("a NUL byte in an argument"))
+        };
+        let path = c(exe.as_os_str().as_encoded_bytes())?;
+        let mut argv = vec![path.clone()];
+        for a in std::env::args_os().skip(1) {
+            argv.push(c(a.as_encoded_bytes())?);
+        }
+        let mut envp = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if env.iter().any(|(name, _)| k == *name) {
+                continue;
+            }
+            let mut kv = k.as_encoded_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_encoded_bytes());
+            envp.push(c(&kv)?);
+        }
+        for (k, v) in env {
+            envp.push(c(format!("{k}={v}").as_bytes())?);
+        }
+        Ok(Image {
+            path,
+            argv,
+            envp,
+            keep,
+            report,
+        })
+    }
+
+    /// Start the new process as a grandchild whose parent exits at once, so it
+    /// is reparented to the service manager (PID 1, or the nearest subreaper):
+    /// systemd then supervises it as its own child once it names itself the main
+    /// process, and sees it exit (a child of this process, which exits after
+    /// the drain, would be an "alien" main PID systemd cannot wait for). The
+    /// intermediate writes the new pid into the report pipe.
+    fn spawn_detached(&self) -> std::io::Result<()> {
+        let argv: Vec<*const libc::c_char> = self
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = self
+            .envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        // SAFETY: fork(2); the children call only async-signal-safe functions
+        // (fork, fcntl, sigprocmask, signal, execve, write, _exit) on memory
+        // prepared before the fork.
+        let mid = unsafe { libc::fork() };
+        if mid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if mid == 0 {
+            unsafe {
+                let pid = libc::fork();
+                if pid == 0 {
+                    self.exec(&argv, &envp);
+                }
+                if pid > 0 {
+                    let mut line = [0u8; 32];
+                    let n = pid_line(pid as u32, &mut line);
+                    libc::write(self.report, line.as_ptr().cast(), n);
+                }
+                libc::_exit(if pid > 0 { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child, which exits at once.
+        unsafe { libc::waitpid(mid, &mut status, 0) };
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("could not fork the new process"))
+        }
+    }
+
+    /// In the new process, before exec: inherit what it needs, start with the
+    /// default signal state, exec. Never returns.
+    unsafe fn exec(&self, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> ! {
+        for &fd in &self.keep {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::_exit(127)
+    }
+}
+
+/// `pid N\n` into `buf` without allocating (after fork); its length.
+fn pid_line(pid: u32, buf: &mut [u8; 32]) -> usize {
+    let mut digits = [0u8; 10];
+    let (mut n, mut k) = (pid, 0);
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[..4].copy_from_slice(b"pid ");
+    for i in 0..k {
+        buf[4 + i] = digits[k - 1 - i];
+    }
+    buf[4 + k] = b'\n';
+    5 + k
 }
 
 /// Refuse early, with the reason, what exec would refuse anyway.
@@ -161,15 +278,36 @@ enum Report {
     Late,
 }
 
-/// Read the new process's report: everything until it closes the pipe, or
-/// "ready" (it keeps running), within `limit`.
-fn read_report(fd: OwnedFd, limit: Duration) -> Report {
+/// Read the reports: the new pid from the intermediate process (stored in
+/// `slot` at once, so a stop can kill it), then the new process's `ready`, or
+/// `error` and why, or nothing (it died), within `limit`.
+fn read_report(fd: OwnedFd, limit: Duration, slot: &AtomicU32) -> Report {
     let deadline = Instant::now() + limit;
     let mut file = std::fs::File::from(fd);
     let mut got = Vec::new();
+    let mut announced = false;
     loop {
-        if got.starts_with(b"ready\n") {
-            return Report::Ready;
+        let text = String::from_utf8_lossy(&got).to_string();
+        let mut lines = text.split_inclusive('\n');
+        for line in lines.by_ref() {
+            let Some(line) = line.strip_suffix('\n') else {
+                break;
+            };
+            if let Some(pid) = line.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+                slot.store(pid, Release);
+                if !announced {
+                    announced = true;
+                    crate::info!(
+                        "upgrade: started pid {pid}; waiting up to {}s for it to serve",
+                        limit.as_secs()
+                    );
+                }
+            } else if line == "ready" {
+                return Report::Ready;
+            } else if line == "error" {
+                // The reason follows, up to EOF.
+                break;
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -194,27 +332,8 @@ fn read_report(fd: OwnedFd, limit: Duration) -> Report {
         }
     }
     let text = String::from_utf8_lossy(&got);
-    match text.strip_prefix("error\n") {
-        Some(why) => Report::Failed(why.to_string()),
-        None if text.starts_with("ready\n") => Report::Ready,
+    match text.split_once("error\n") {
+        Some((_, why)) => Report::Failed(why.to_string()),
         None => Report::Gone,
-    }
-}
-
-/// Wait for the child to exit (it said it would, or it died), killing it after
-/// `grace`; its exit status as text.
-fn reap(child: &mut Child, grace: Duration) -> String {
-    let until = Instant::now() + grace;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return st.to_string(),
-            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                return child
-                    .wait()
-                    .map_or_else(|e| e.to_string(), |st| format!("{st}, killed"));
-            }
-        }
     }
 }
