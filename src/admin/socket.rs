@@ -37,6 +37,8 @@ const POLL: Duration = Duration::from_millis(200);
 /// A client gets this long to send its command line and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LINE: u64 = 4096;
+/// The longest path a unix socket can be bound to (sun_path is 108 bytes).
+pub const MAX_PATH: usize = 107;
 
 impl AdminSocket {
     pub fn start(path: &Path, live: Arc<ArcSwap<Live>>) -> anyhow::Result<AdminSocket> {
@@ -87,6 +89,14 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
+    // A path with no room for the suffix: bound in place (a stale socket file
+    // is removed first), without the atomic takeover.
+    let tmp = if tmp.as_os_str().len() <= MAX_PATH {
+        tmp
+    } else {
+        let _ = std::fs::remove_file(path);
+        path.to_path_buf()
+    };
     let _ = std::fs::remove_file(&tmp);
     let s = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
     s.bind(&SockAddr::unix(&tmp)?)
@@ -96,8 +106,10 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         // Before listen(): nobody can connect while the mode is still the umask's.
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         s.listen(16)?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename it to {}", path.display()))?;
+        if tmp != path {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot rename it to {}", path.display()))?;
+        }
         Ok(())
     })();
     if let Err(e) = done {

@@ -127,6 +127,19 @@ impl<'r> Resolver<'r> {
     /// the directories above it (as nginx's `pid`, HAProxy's `stats socket`).
     fn admin_socket(&mut self, d: &Directive) -> Option<PathBuf> {
         let p = path_of(Some(d))?;
+        // sockaddr_un holds 108 bytes, the last one a NUL.
+        let len = p.as_os_str().len();
+        if len > crate::admin::socket::MAX_PATH {
+            self.error(
+                d.value_span,
+                format!(
+                    "AdminSocket: a unix socket path is at most {} bytes; this one is {len}",
+                    crate::admin::socket::MAX_PATH
+                ),
+                None,
+            );
+            return None;
+        }
         let dir = match p.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),

@@ -123,7 +123,12 @@ impl Live {
                     .rate_limit
                     .map(|_| old.and_then(|o| o.rate.clone()).unwrap_or_default());
                 let balancer = balance::build(e.balancer, &e.servers);
-                if servers.iter().any(|s| s.weight_override.load(Relaxed) != 0) {
+                if e.balancer != crate::config::Balancer::WeightedRoundRobin {
+                    // Weights set by `simian ctl` mean nothing to other balancers.
+                    servers
+                        .iter()
+                        .for_each(|s| s.weight_override.store(0, Relaxed));
+                } else if servers.iter().any(|s| s.weight_override.load(Relaxed) != 0) {
                     let weights: Vec<u32> = servers.iter().map(|s| s.weight()).collect();
                     balancer.set_weights(&weights);
                 }
