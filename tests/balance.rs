@@ -1268,6 +1268,8 @@ fn explain(p: &Proxy, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run simian explain");
+    // It rendered a page at some point before now: a later read waits from here.
+    util::metrics::read_elsewhere(&p.addr());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

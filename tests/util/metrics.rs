@@ -75,11 +75,6 @@ pub fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
 /// one's page. Tests that look for a change wait out the rest of the window
 /// since they last read `key` (a proxy's statistics address).
 pub fn after_cache_window(key: &str) {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    use std::time::{Duration, Instant};
-    static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
-    const WINDOW: Duration = Duration::from_millis(260);
     let wait = {
         let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
         let map = last.get_or_insert_with(HashMap::new);
@@ -89,4 +84,23 @@ pub fn after_cache_window(key: &str) {
         at - now
     };
     std::thread::sleep(wait);
+}
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+static LAST: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+const WINDOW: Duration = Duration::from_millis(260);
+
+fn after_cache_window_from(key: &str, at: Instant) {
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    last.get_or_insert_with(HashMap::new)
+        .insert(key.to_string(), at);
+}
+
+/// Another process (e.g. `simian explain`) read the statistics page of `key`
+/// just now: the next [`after_cache_window`] waits the window from now.
+#[allow(dead_code)]
+pub fn read_elsewhere(key: &str) {
+    after_cache_window_from(key, std::time::Instant::now());
 }
