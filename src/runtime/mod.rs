@@ -215,6 +215,18 @@ impl Running {
         true
     }
 
+    /// Refuse new connections at once: shutdown(2) of every listening socket, as
+    /// the drain starts. Done here, on the handles this thread keeps, not by the
+    /// workers: a worker's descriptor may already be closed by its accept loop
+    /// (and its number reused), and another handle would keep the socket
+    /// listening, with connections waiting in a backlog nobody accepts from.
+    pub fn stop_listening(&self) {
+        for l in self.sockets.lock().iter() {
+            // SAFETY: plain syscall on a descriptor we hold open.
+            unsafe { libc::shutdown(l.raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
     /// A descriptor for each listening socket, for the new process of an upgrade.
     fn sockets_for_upgrade(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
         use std::os::fd::BorrowedFd;
@@ -462,6 +474,7 @@ fn serve_until_stopped(
                 "shutting down: draining connections for up to {}",
                 humantime::format_duration(t)
             );
+            running.stop_listening();
             running.shutdown.start(t);
         }
     }

@@ -157,18 +157,10 @@ fn run_once(
         if crate::fault::point("worker-runtime") {
             panic!("fault injected: worker-runtime");
         }
+        // The listening sockets were shut down by the control thread as the drain
+        // began (`Running::stop_listening`), or handed to a new process: the
+        // accept loops end and close this worker's descriptors.
         w.shutdown.wait().await;
-        if !w.shutdown.handing_over() {
-            // Stop listening now, not when each accept loop notices: shutdown(2) on
-            // a listening socket makes the kernel refuse new connections at once,
-            // whatever the driver still holds of the fd. Not on an upgrade: the
-            // new process accepts on these very sockets (the accept loops end and
-            // close only this process's descriptors).
-            for (_, fd) in w.listen_fds.borrow().iter() {
-                // SAFETY: plain syscall; the fd stays open until its accept loop ends.
-                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-            }
-        }
         // Draining: keep-alive clients between requests get a short grace for a
         // request already on its way, then the sweeper closes them; busy ones
         // finish their request (their response carries `Connection: close`).
