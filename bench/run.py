@@ -1241,9 +1241,9 @@ def report(args, command, ver, started, finished, all_results, tls_info=None):
         f"- Each figure: median of {args.runs} run(s) of {args.duration:g} s; in each round every workload runs "
         f"through the targets in turn ({', '.join(args.targets)}), so noise is spread over all of them.",
         "- Targets: direct = straight to the origin (the ceiling); simian (`Threads` = cores, "
-        f"`Splice {args.simian_splice}`); haproxy (`http-reuse always`, keep-alive both sides, no logs); "
+        f"`Splice {args.simian_splice}`); haproxy (`http-reuse always`, keep-alive both sides, no logs, `option forwardfor` + X-Forwarded-Proto as simian sends); "
         "haproxy-splice (same + `option splice-request`/`splice-response`, `maxpipes 500`); "
-        "nginx (upstream keepalive 64, HTTP/1.1, `proxy_buffering off`, `proxy_request_buffering off`).",
+        "nginx (upstream keepalive 64, HTTP/1.1, X-Forwarded-For/-Proto set, `proxy_buffering off`, `proxy_request_buffering off`).",
         "- CPU per request / per MiB: utime+stime of the whole proxy process (all threads, io_uring workers "
         "included; nginx master + workers) from /proc/PID/stat, over the run, divided by the work done.",
         "- **Bold**: the better of the two HAProxy setups for that figure, which the ratios use.",

@@ -820,6 +820,14 @@ fn http10_clients() {
     let reqs = b.requests();
     assert_eq!(reqs.len(), 3);
     assert!(reqs.iter().all(|r| r.version == "HTTP/1.0"));
+
+    // HTTP/1.1 persists by default: no `Connection` line to parse (HAProxy sends
+    // none either), and the connection serves the next request.
+    let mut c = p.client();
+    let r = c.get("/eleven");
+    assert_eq!(r.status, 200);
+    assert!(!r.head.has("Connection"), "{:?}", r.head);
+    assert_eq!(c.get("/again").text(), "old\n");
 }
 
 // ---------------------------------------------------------------------------

@@ -91,7 +91,7 @@ fn check(data: &[u8], r: &ResponseHead, is_head: bool) {
     // Forwarded head: parses again, same framing; persistence is simian's choice.
     let client_keep = r.keep_alive && !data.len().is_multiple_of(3);
     let mut out = Vec::new();
-    write_response_head(data, r, client_keep, &mut out);
+    write_response_head(data, r, client_keep, true, &mut out);
     if FORWARDED_MAY_EXCEED_LIMITS && parse_response(&out, is_head) == Err(ResponseError::TooLarge)
     {
         return;

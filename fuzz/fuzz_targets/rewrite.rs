@@ -273,7 +273,7 @@ fn response(flags: u8, buf: &[u8]) {
     };
     let client_keep = r.keep_alive && flags & 2 != 0;
     let mut out = Vec::new();
-    write_response_head(buf, &r, client_keep, &mut out);
+    write_response_head(buf, &r, client_keep, true, &mut out);
     if FORWARDED_MAY_EXCEED_LIMITS && parse_response(&out, is_head) == Err(ResponseError::TooLarge)
     {
         return;

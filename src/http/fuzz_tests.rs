@@ -102,7 +102,7 @@ fn check_response(buf: &[u8], scratch: &mut Vec<u8>) {
         assert!(
             h.head_len <= buf.len() && h.start <= h.headers_start && h.headers_start <= h.head_len
         );
-        write_response_head(buf, &h, true, scratch);
+        write_response_head(buf, &h, true, true, scratch);
         let again = parse_response(scratch, head_req).unwrap_or_else(|e| {
             panic!(
                 "{:?} rewritten to unparsable {:?}: {e}",

@@ -193,13 +193,16 @@ pub fn write_request_head(
 
 /// Writes the head to send to the client: status line and end-to-end
 /// headers as received, then `Connection: upgrade` for a 101, nothing for
-/// other 1xx, else `keep-alive` or `close` per `client_keep_alive`. The
-/// explicit `keep-alive` serves HTTP/1.0 clients and is harmless for 1.1.
+/// other 1xx, else `close`, or `keep-alive` for an HTTP/1.0 client (`client_http10`)
+/// per `client_keep_alive`. An HTTP/1.1 connection persists by default (RFC 9112
+/// section 9.3): saying so costs every client's parser a header (measured: +26% of
+/// wrk's instructions per response), and HAProxy does not say it either.
 /// A close-delimited response requires `client_keep_alive == false`.
 pub fn write_response_head(
     buf: &[u8],
     head: &ResponseHead,
     client_keep_alive: bool,
+    client_http10: bool,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -227,7 +230,9 @@ pub fn write_response_head(
     } else if head.is_interim() {
         // An interim response says nothing about the connection.
     } else if client_keep_alive {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
+        if client_http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
     } else {
         out.extend_from_slice(b"Connection: close\r\n");
     }

@@ -415,7 +415,7 @@ impl Exchange<'_> {
             ));
         }
         self.interim.set(self.interim.get() + 1);
-        http::write_response_head(rbuf, rh, false, out);
+        http::write_response_head(rbuf, rh, false, false, out);
         nio::write_all(self.client, out, self.idle)
             .await
             .map_err(client_error)?;
@@ -433,7 +433,7 @@ impl Exchange<'_> {
         rh: &ResponseHead,
         client_keep: bool,
     ) -> Result<(u64, bool), Fail> {
-        http::write_response_head(rbuf, rh, client_keep, out);
+        http::write_response_head(rbuf, rh, client_keep, self.head.version_minor == 0, out);
         if !self.entry.rules.response_headers.is_empty() {
             let vars = self.vars(&self.host);
             crate::proxy::rules::edit_headers(out, &self.entry.rules.response_headers, &vars);

@@ -21,7 +21,7 @@ fn forward(req: &str, info: &ForwardInfo<'_>) -> String {
 fn back(res: &str, head_req: bool, keep: bool) -> String {
     let head = parse_response(res.as_bytes(), head_req).unwrap();
     let mut out = Vec::new();
-    write_response_head(res.as_bytes(), &head, keep, &mut out);
+    write_response_head(res.as_bytes(), &head, keep, true, &mut out);
     String::from_utf8(out).unwrap()
 }
 
@@ -320,10 +320,10 @@ mod omit_matches_scan {
             let res = head(&format!("HTTP/1.1 {status} X\r\n"), &lines, lead);
             let Ok(head) = parse_response(res.as_bytes(), false) else { return Ok(()) };
             let (mut fast, mut slow) = (Vec::new(), Vec::new());
-            write_response_head(res.as_bytes(), &head, keep, &mut fast);
+            write_response_head(res.as_bytes(), &head, keep, true, &mut fast);
             let mut h = head.clone();
             h.omit.scan = true;
-            write_response_head(res.as_bytes(), &h, keep, &mut slow);
+            write_response_head(res.as_bytes(), &h, keep, true, &mut slow);
             prop_assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&slow));
             let names = names(&fast);
             for hop in HOP {
