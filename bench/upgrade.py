@@ -96,11 +96,12 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--upgrades", type=int, default=10)
+    ap.add_argument("--simian", default=SIMIAN, help="the binary (default target/release/simian)")
     a = ap.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is needed")
-    if not os.path.exists(SIMIAN):
+    if not os.path.exists(a.simian):
         raise SystemExit("build first: cargo build --release")
     work = tempfile.mkdtemp(prefix="simian-upgrade-bench-")
     procs = []
@@ -127,7 +128,7 @@ http {{ access_log off; keepalive_requests 100000000; client_body_temp_path {wor
     ServerList 127.0.0.1:{ORIGIN}
 """)
         pid_file = os.path.join(work, "simian.pid")
-        first = subprocess.Popen(["taskset", "-c", "1", SIMIAN, "-c", sconf, "--pid-file", pid_file],
+        first = subprocess.Popen(["taskset", "-c", "1", a.simian, "-c", sconf, "--pid-file", pid_file],
                                  stderr=open(os.path.join(work, "simian.log"), "w"))
         procs.append(first)
         wait_port(PROXY)
