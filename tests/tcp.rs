@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    free_port, pattern, per_driver, temp_dir, write_pattern, Client, Conn, DeadPort, Driver, MIB,
+    free_ports, pattern, per_driver, temp_dir, write_pattern, Client, Conn, DeadPort, Driver, MIB,
 };
 
 /// Read/write timeout of every socket in this file.
@@ -145,7 +145,7 @@ impl Sim {
     ) -> Sim {
         for _ in 0..4 {
             let dir = temp_dir("tcp");
-            let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
+            let ports = free_ports(10);
             let (argv, listens, what) = make(&ports, &dir);
             match Self::start_once(d, dir, argv, listens, what) {
                 Ok(sim) => return sim,

@@ -19,7 +19,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/simian/proxy.conf";
     long_about = "A reverse proxy and load balancer for HTTP/1.x and TCP, configured in the \
                   language of the Monkey HTTPd proxy_reverse plugin.\n\n\
                   Signals: SIGHUP reloads the configuration and reopens log files; \
-                  SIGTERM/SIGINT drain and exit; SIGQUIT exits at once."
+                  SIGUSR2 starts the binary again on the same listening sockets (upgrade); \
+                  SIGTERM/SIGINT drain and exit (after ShutdownDelay); SIGQUIT exits at once."
 )]
 pub struct Cli {
     /// Configuration file

@@ -1377,6 +1377,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free ports: every probe socket stays bound until all are chosen
+/// (`free_port` n times may get the same port twice, which the kernel is free to
+/// hand out again once the probe is closed).
+#[allow(dead_code)]
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 enum ListenAt {
     Inet(SocketAddr),
