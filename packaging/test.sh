@@ -167,8 +167,8 @@ unit_has() { # the unit holds each of these lines exactly
     local l
     for l in "$@"; do grep -qxF -- "$l" /lib/systemd/system/simian.service || { echo "no line: $l"; return 1; }; done
 }
-check "unit: exec, check before start and reload, drain longer than ShutdownTimeout" unit_has \
-    "Type=exec" "User=simian" "Group=simian" \
+check "unit: notify (upgrades move the main PID), check before start and reload, drain longer than ShutdownTimeout" unit_has \
+    "Type=notify" "NotifyAccess=all" "User=simian" "Group=simian" \
     "ExecStartPre=/usr/bin/simian --check -c /etc/simian/proxy.conf" \
     "ExecStart=/usr/bin/simian -c /etc/simian/proxy.conf" \
     "ExecReload=/usr/bin/simian --check -c /etc/simian/proxy.conf" \
