@@ -411,6 +411,13 @@ fn serve_until_stopped(
                 },
                 SIGQUIT => {
                     crate::info!("SIGQUIT: exiting now");
+                    if let Some(p) = pending.take() {
+                        p.abort();
+                    }
+                    // Free the ports now: the io_uring rings are torn down after
+                    // the process is gone, and until then (5-10 ms measured) they
+                    // keep the listening sockets open, refusing a restart's bind.
+                    running.stop_listening();
                     crate::log::finish(std::time::Duration::from_millis(500));
                     std::process::exit(0);
                 }
