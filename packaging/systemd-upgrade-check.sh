@@ -27,7 +27,10 @@ cat > "$W/proxy.conf" <<CONF
 CONF
 # The packaged unit, with this binary and config, run as root (no simian user
 # here) and without the sandboxing a container may not allow.
-sed -e "s|/usr/bin/simian|$BIN|g" -e "s|/etc/simian/proxy.conf|$W/proxy.conf|g" \
+# The binary and the file are copied into the namespace's /run first: /tmp and
+# /var/tmp (where a checkout may live) are hidden there.
+RUNDIR=/run/simian-check
+sed -e "s|/usr/bin/simian|$RUNDIR/simian|g" -e "s|/etc/simian/proxy.conf|$RUNDIR/proxy.conf|g" \
     packaging/simian.service > "$W/simian.service"
 cat > "$W/sandbox.conf" <<'DROPIN'
 [Service]
@@ -51,14 +54,18 @@ TARGET
 
 cat > "$W/inside.sh" <<INSIDE
 set -e
-for d in /run /tmp /var/tmp /var/log/journal; do [ -d \$d ] && mount -t tmpfs tmpfs \$d; done
-mkdir -p /run/systemd/system/simian.service.d
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/system/simian.service.d $RUNDIR
+cp $BIN $RUNDIR/simian
+cp $W/proxy.conf $RUNDIR/proxy.conf
 # Nothing but the unit under test runs: no tmpfiles, no timers.
 for u in systemd-tmpfiles-setup.service systemd-tmpfiles-setup-dev.service systemd-tmpfiles-clean.timer systemd-tmpfiles-clean.service; do
     ln -s /dev/null /run/systemd/system/\$u
 done
 cp $W/simian.service $W/check.target /run/systemd/system/
 cp $W/sandbox.conf /run/systemd/system/simian.service.d/
+# Everything is copied: now hide the host's temporary directories and journal.
+for d in /tmp /var/tmp /var/log/journal; do [ -d \$d ] && mount -t tmpfs tmpfs \$d; done
 ip link set lo up
 exec $SYSTEMD --system --unit=check.target --log-target=kmsg
 INSIDE
