@@ -481,8 +481,10 @@ fn serve_until_stopped(
                 "shutting down: draining connections for up to {}",
                 humantime::format_duration(t)
             );
-            running.stop_listening();
+            // Flag first: an accept loop woken by the shutdown(2) sees it and
+            // ends, instead of trying to accept on a socket no longer listening.
             running.shutdown.start(t);
+            running.stop_listening();
         }
     }
     drop(admin);
