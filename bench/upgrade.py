@@ -9,22 +9,14 @@ simian (release build, one worker) pinned on CPU 1; wrk and the origin nginx on
 CPU 0. Each run is a pair (without, with), interleaved. Reports socket errors,
 non-2xx answers and the latency percentiles of both wrk instances.
 """
-import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMIAN = os.path.join(ROOT, "target/release/simian")
 ORIGIN, PROXY = 29101, 29100
-
-
-def wait_port(port, limit=10.0):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nothing listening on {port}")
 
 
 def read_pid(path):

@@ -227,17 +227,12 @@ impl Running {
         }
     }
 
-    /// A descriptor for each listening socket, for the new process of an upgrade.
-    fn sockets_for_upgrade(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
-        use std::os::fd::BorrowedFd;
+    /// A handle on each listening socket, for the new process of an upgrade.
+    fn sockets_for_upgrade(&self) -> std::io::Result<Vec<Listener>> {
         self.sockets
             .lock()
             .iter()
-            .map(|l| {
-                // SAFETY: the listener is open while we hold the lock.
-                let b = unsafe { BorrowedFd::borrow_raw(l.raw_fd()) };
-                b.try_clone_to_owned()
-            })
+            .map(Listener::try_clone)
             .collect()
     }
 

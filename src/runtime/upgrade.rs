@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handover::{ADMIN_STATE, LISTEN_FDS, REPORT_FD};
+use crate::net::listen::Listener;
 
 /// How long the new process has to load its configuration and accept.
 pub const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -49,7 +50,7 @@ impl Pending {
 /// Start the upgrade: `exe` with this process's arguments, inheriting `sockets`
 /// (descriptors this process keeps open until the outcome is known) and the
 /// admin states (`simian ctl` commands).
-pub fn start(exe: PathBuf, sockets: Vec<OwnedFd>, admin: String) -> Pending {
+pub fn start(exe: PathBuf, sockets: Vec<Listener>, admin: String) -> Pending {
     let (tx, rx) = flume::bounded(1);
     let child = Arc::new(AtomicU32::new(0));
     let slot = child.clone();
@@ -66,10 +67,10 @@ pub fn start(exe: PathBuf, sockets: Vec<OwnedFd>, admin: String) -> Pending {
     Pending { result: rx, child }
 }
 
-fn run(exe: &Path, sockets: &[OwnedFd], admin: &str, slot: &AtomicU32) -> Result<u32, String> {
+fn run(exe: &Path, sockets: &[Listener], admin: &str, slot: &AtomicU32) -> Result<u32, String> {
     check_executable(exe)?;
     let (report, report_w) = pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
-    let mut handed: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+    let mut handed: Vec<RawFd> = sockets.iter().map(Listener::raw_fd).collect();
     let list = handed
         .iter()
         .map(|fd| fd.to_string())
@@ -167,18 +168,7 @@ impl Image {
     /// the drain, would be an "alien" main PID systemd cannot wait for). The
     /// intermediate writes the new pid into the report pipe.
     fn spawn_detached(&self) -> std::io::Result<()> {
-        let argv: Vec<*const libc::c_char> = self
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = self
-            .envp
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+        let (argv, envp) = (pointers(&self.argv), pointers(&self.envp));
         // SAFETY: fork(2); the children call only async-signal-safe functions
         // (fork, fcntl, sigprocmask, signal, execve, write, _exit) on memory
         // prepared before the fork.
@@ -223,6 +213,15 @@ impl Image {
         libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         libc::_exit(127)
     }
+}
+
+/// The NULL-terminated array of C strings exec takes.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 /// `pid N\n` into `buf` without allocating (after fork); its length.
