@@ -8,6 +8,7 @@
 
 mod util;
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -370,7 +371,7 @@ per_driver!(
     threads_modes,
     idle_pooled_backend_connection_closed,
 );
-per_driver_and_splice!(request_bodies, response_bodies);
+per_driver_and_splice!(request_bodies, response_bodies, stop_and_go_body);
 
 mod expect_100_continue_keep_alive {
     use super::Driver;
@@ -614,6 +615,62 @@ fn response_bodies(d: Driver, splice: &str) {
 
     let mut c2 = p.client();
     assert_eq!(c2.get("/small").text(), "small\n");
+}
+
+/// A body that arrives in bursts, to a client that reads slowly at first: each
+/// side of the relay keeps running dry (an empty receive queue) and full (a full
+/// send buffer), which the splice loop answers by waiting for readiness rather
+/// than by asking the socket again. The body arrives whole, and the connection
+/// serves the next request.
+fn stop_and_go_body(d: Driver, splice: &str) {
+    const PIECES: [usize; 8] = [1, 3000, 70_000, 5, 300_000, 65536, 2 * MIB, 1];
+    let total: usize = PIECES.iter().sum();
+    let b = Backend::start(move |r| match r.target.as_str() {
+        "/bursts" => {
+            let body = pattern_vec(total);
+            let mut pieces =
+                vec![format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").into_bytes()];
+            let mut at = 0;
+            for n in PIECES {
+                pieces.push(body[at..at + n].to_vec());
+                at += n;
+            }
+            Reply::Trickle(pieces, Duration::from_millis(30))
+        }
+        _ => Reply::ok("next\n"),
+    });
+    let p = start(d, &conf1(&format!("Splice {splice}"), &b.addr()));
+    let mut c = p.client();
+    c.set_timeout(Duration::from_secs(20));
+    c.send(b"GET /bursts HTTP/1.1\r\nHost: test\r\n\r\n");
+    // 1 KiB every 5 ms for 300 ms: simian's send buffer to the client fills.
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let slow_until = Instant::now() + Duration::from_millis(300);
+    let head_end = loop {
+        let want = if Instant::now() < slow_until {
+            thread::sleep(Duration::from_millis(5));
+            1024
+        } else {
+            buf.len()
+        };
+        let n = c
+            .wire
+            .conn
+            .read(&mut buf[..want])
+            .expect("reading the response");
+        assert!(n > 0, "closed after {} bytes", raw.len());
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            if raw.len() >= i + 4 + total {
+                break i + 4;
+            }
+        }
+    };
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", &raw[..head_end]);
+    assert_eq!(raw.len(), head_end + total, "bytes past the body");
+    assert!(raw[head_end..] == pattern_vec(total)[..], "body altered");
+    assert_eq!(c.get("/next").text(), "next\n");
 }
 
 /// HEAD, 204 and 304 responses have no body whatever their headers say; the next
