@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Where a proxy's CPU per small keep-alive request goes: user space and kernel, for
+simian, HAProxy and bench/floor/relay.c (the system calls any proxy must make and
+nothing else), in interleaved rounds. bench/FLOOR.md explains the result.
+
+    python3 bench/floor.py [--rounds 8] [--duration 3] [--simian target/release/simian]
+
+Layout as bench/run.py's one-core table: each proxy alone on CPU 1, the origin nginx
+and `wrk -t1 -c50` on CPU 0. Needs root-free tools only: nginx, haproxy, wrk, gcc
+(bench/run.py installs the first three).
+"""
+import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import wait_port  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def render(template, dest, values):
+    text = open(os.path.join(HERE, "conf", template)).read()
+    for k, v in values.items():
+        text = text.replace("{{" + k + "}}", str(v))
+    left = re.findall(r"\{\{\w+\}\}", text)
+    if left:
+        sys.exit(f"{template}: unfilled placeholders {left}")
+    open(dest, "w").write(text)
+
+
+def user_sys(pid):
+    """utime, stime (seconds) of a process, all threads."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) / CLK, int(f[12]) / CLK
+
+
+def wrk(port, duration):
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{duration:g}s", "--latency",
+                          f"http://127.0.0.1:{port}/small"], capture_output=True, text=True).stdout
+    req = int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r" 99%\s+([\d.]+)(us|ms|s)\b", out)
+    p99 = float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
+    return req, p99
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument("--simian", default="target/release/simian")
+    p.add_argument("--port-base", type=int, default=29000)
+    a = p.parse_args()
+    for tool in ("nginx", "haproxy", "wrk", "gcc", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (bench/run.py installs nginx, haproxy and wrk)")
+    work = tempfile.mkdtemp(prefix="simian-floor-")
+    os.makedirs(f"{work}/www")
+    os.makedirs(f"{work}/origin-tmp")
+    b = a.port_base
+    v = {"WORK": work, "THREADS": 1, "ORIGIN1": b + 11, "ORIGIN2": b + 12, "ORIGIN3": b + 13,
+         "SINK": b + 14, "ORIGIN_WORKERS": 1, "SPLICE": "auto", "HAPROXY_GLOBAL_EXTRA": "",
+         "HAPROXY_DEFAULTS_EXTRA": "", "NAME": "floor", "LISTEN_TLS": "", "SIMIAN_TLS": "",
+         "HAPROXY_BIND_TLS": "", "NGINX_LISTEN_TLS": "", "NGINX_TLS": ""}
+    render("origin-nginx.conf", f"{work}/origin.conf", dict(v, PORT=0))
+    render("simian.conf", f"{work}/simian.conf", dict(v, PORT=b + 1))
+    render("haproxy.cfg", f"{work}/haproxy.cfg", dict(v, PORT=b + 2))
+    relay = f"{work}/relay"
+    subprocess.run(["gcc", "-O2", "-o", relay, os.path.join(HERE, "floor", "relay.c")], check=True)
+    origins = [str(b + 11), str(b + 12), str(b + 13)]
+    procs = []
+
+    def start(cpu, argv):
+        procs.append(subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        return procs[-1].pid
+
+    try:
+        start("0", ["nginx", "-c", f"{work}/origin.conf", "-p", work])
+        targets = {
+            "simian": (b + 1, start("1", [a.simian, "-c", f"{work}/simian.conf"])),
+            "haproxy": (b + 2, start("1", ["haproxy", "-db", "-f", f"{work}/haproxy.cfg"])),
+            "relay": (b + 5, start("1", [relay, str(b + 5)] + origins)),
+        }
+        for port, _ in targets.values():
+            wait_port(port)
+        for port, _ in targets.values():
+            wrk(port, 1)  # warm-up: connections, pools, caches
+        rows = {t: [] for t in targets}
+        for r in range(a.rounds):
+            for t, (port, pid) in targets.items():
+                u0, s0 = user_sys(pid)
+                req, p99 = wrk(port, a.duration)
+                u1, s1 = user_sys(pid)
+                row = (req / a.duration, (u1 - u0) * 1e6 / req, (s1 - s0) * 1e6 / req, p99)
+                rows[t].append(row)
+                print(f"round {r + 1} {t:8} {row[0]:8.0f} req/s  user {row[1]:5.2f} µs  "
+                      f"kernel {row[2]:5.2f} µs  p99 {row[3]:6.0f} µs", flush=True)
+        print("\n| proxy | req/s | CPU per request (µs) | user space | kernel | p99 (µs) | CPU ÷ HAProxy |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        med = {t: [statistics.median(x[i] for x in rows[t]) for i in range(4)] for t in rows}
+        ha = med["haproxy"][1] + med["haproxy"][2]
+        for t, m in med.items():
+            print(f"| {t} | {m[0]:,.0f} | {m[1] + m[2]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {m[3]:,.0f} | "
+                  f"{(m[1] + m[2]) / ha:.2f} |")
+        print(f"\nmedians of {a.rounds} interleaved rounds of {a.duration:g} s")
+    finally:
+        for pr in procs:
+            try:
+                os.killpg(pr.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pr in procs:
+            try:
+                pr.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(pr.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

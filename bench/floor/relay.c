@@ -1,0 +1,94 @@
+/*
+ * The floor of a keep-alive HTTP proxy on this kernel, as a measuring instrument
+ * (bench/FLOOR.md), not a proxy: one thread, epoll, each client connection paired
+ * with its own backend connection, bytes relayed as they come with one recv and
+ * one send per message. No parsing, no routing, no pool, no checks: the system
+ * calls any proxy must make for a small keep-alive request (2 recv, 2 send, plus
+ * its share of epoll_wait), and almost nothing else.
+ *
+ *   gcc -O2 -o relay relay.c && ./relay LISTEN_PORT BACKEND_PORT [BACKEND_PORT...]
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAXFD 65536
+static int peer[MAXFD];
+
+static void nonblock_nodelay(int fd) {
+    int one = 1;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static struct sockaddr_in loopback(int port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT...\n", argv[0]);
+        return 2;
+    }
+    int nb = argc - 2, next = 0, one = 1;
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = loopback(atoi(argv[1]));
+    if (bind(l, (void *)&a, sizeof a) || listen(l, 1024)) {
+        perror("listen");
+        return 1;
+    }
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l}, evs[64];
+    epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
+    static char buf[65536];
+    for (;;) {
+        int n = epoll_wait(ep, evs, 64, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == l) {
+                int c = accept(l, NULL, NULL);
+                if (c < 0) continue;
+                int b = socket(AF_INET, SOCK_STREAM, 0);
+                struct sockaddr_in ba = loopback(atoi(argv[2 + next++ % nb]));
+                if (c >= MAXFD || b >= MAXFD || connect(b, (void *)&ba, sizeof ba)) {
+                    close(c);
+                    close(b);
+                    continue;
+                }
+                nonblock_nodelay(c);
+                nonblock_nodelay(b);
+                peer[c] = b;
+                peer[b] = c;
+                ev.data.fd = c;
+                epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
+                ev.data.fd = b;
+                epoll_ctl(ep, EPOLL_CTL_ADD, b, &ev);
+                continue;
+            }
+            ssize_t got = recv(fd, buf, sizeof buf, 0);
+            if (got < 0 && errno == EAGAIN) continue;
+            if (got <= 0) {
+                close(peer[fd]);
+                close(fd);
+                continue;
+            }
+            /* Small messages: the send buffer always has room; a short send would
+             * only happen with large bodies, which this instrument does not measure. */
+            for (ssize_t off = 0; off < got;) {
+                ssize_t w = send(peer[fd], buf + off, got - off, MSG_NOSIGNAL);
+                if (w < 0 && errno != EAGAIN) break;
+                if (w > 0) off += w;
+            }
+        }
+    }
+}
