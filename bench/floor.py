@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Where a proxy's CPU per small keep-alive request goes: user space and kernel, for
-simian, HAProxy and bench/floor/relay.c (the system calls any proxy must make and
-nothing else), in interleaved rounds. bench/FLOOR.md explains the result.
+"""Where a proxy's CPU goes: user space and kernel, for simian, HAProxy and
+bench/floor/relay.c (the system calls any proxy must make and nothing else), in
+interleaved rounds. bench/FLOOR.md explains the result.
 
-    python3 bench/floor.py [--rounds 8] [--duration 3] [--simian target/release/simian]
+    python3 bench/floor.py [--workload small|64m] [--rounds 8] [--duration 3] [--simian PATH]
+
+small: `wrk -t1 -c50` keep-alive GETs of /small, against HAProxy and the relay.
+64m:   bench/client.py get of /64m.bin on 4 connections, against spliced HAProxy and
+       the relay in splice mode (`relay -s`).
 
 Layout as bench/run.py's one-core table: each proxy alone on CPU 1, the origin nginx
 and `wrk -t1 -c50` on CPU 0. Needs root-free tools only: nginx, haproxy, wrk, gcc
@@ -43,8 +47,21 @@ def wrk(port, duration):
     return req, p99
 
 
+def client_64m(port, duration):
+    """MiB moved by bench/client.py get in `duration` seconds; (MiB, MiB/s)."""
+    import json
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, os.path.join(HERE, "client.py"), "get",
+                          "--path", "/64m.bin", "--port", str(port), "--conns", "4", "--duration",
+                          f"{duration:g}"], capture_output=True, text=True).stdout
+    j = json.loads(out.strip().splitlines()[-1])
+    if j["errors"]:
+        sys.exit(f"client errors: {j['errors'][:2]}")
+    return j["bytes"] / 2**20, j["mib_per_s"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", choices=["small", "64m"], default="small")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--simian", default="target/release/simian")
@@ -54,6 +71,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (bench/run.py installs nginx, haproxy and wrk)")
     work = tempfile.mkdtemp(prefix="simian-floor-")
+    os.chmod(work, 0o755)  # the origin's nginx worker (not root) reads www/
     os.makedirs(f"{work}/www")
     os.makedirs(f"{work}/origin-tmp")
     b = a.port_base
@@ -63,7 +81,17 @@ def main():
          "HAPROXY_BIND_TLS": "", "NGINX_LISTEN_TLS": "", "NGINX_TLS": ""}
     render("origin-nginx.conf", f"{work}/origin.conf", dict(v, PORT=0))
     render("simian.conf", f"{work}/simian.conf", dict(v, PORT=b + 1))
-    render("haproxy.cfg", f"{work}/haproxy.cfg", dict(v, PORT=b + 2))
+    big = a.workload == "64m"
+    ha = dict(v, PORT=b + 2)
+    if big:
+        ha.update(HAPROXY_GLOBAL_EXTRA="    maxpipes 500",
+                  HAPROXY_DEFAULTS_EXTRA="    option splice-request\n    option splice-response")
+        with open(f"{work}/www/64m.bin", "wb") as f:
+            block = os.urandom(2**20)
+            for _ in range(64):
+                f.write(block)
+        os.chmod(f"{work}/www/64m.bin", 0o644)
+    render("haproxy.cfg", f"{work}/haproxy.cfg", ha)
     relay = f"{work}/relay"
     subprocess.run(["gcc", "-O2", "-o", relay, os.path.join(HERE, "floor", "relay.c")], check=True)
     origins = [str(b + 11), str(b + 12), str(b + 13)]
@@ -79,29 +107,37 @@ def main():
         targets = {
             "simian": (b + 1, start("1", [a.simian, "-c", f"{work}/simian.conf"])),
             "haproxy": (b + 2, start("1", ["haproxy", "-db", "-f", f"{work}/haproxy.cfg"])),
-            "relay": (b + 5, start("1", [relay, str(b + 5)] + origins)),
+            "relay": (b + 5, start("1", [relay] + (["-s"] if big else []) + [str(b + 5)] + origins)),
         }
         for port, _ in targets.values():
             wait_port(port)
         for port, _ in targets.values():
-            wrk(port, 1)  # warm-up: connections, pools, caches
+            # warm-up: connections, pools, caches
+            client_64m(port, 1) if big else wrk(port, 1)
         rows = {t: [] for t in targets}
+        unit = "MiB" if big else "request"
         for r in range(a.rounds):
             for t, (port, pid) in targets.items():
                 u0, s0 = user_sys(pid)
-                req, p99 = wrk(port, a.duration)
+                if big:
+                    units, rate = client_64m(port, a.duration)
+                    extra = 0.0
+                else:
+                    units, extra = wrk(port, a.duration)
+                    rate = units / a.duration
                 u1, s1 = user_sys(pid)
-                row = (req / a.duration, (u1 - u0) * 1e6 / req, (s1 - s0) * 1e6 / req, p99)
+                row = (rate, (u1 - u0) * 1e6 / units, (s1 - s0) * 1e6 / units, extra)
                 rows[t].append(row)
-                print(f"round {r + 1} {t:8} {row[0]:8.0f} req/s  user {row[1]:5.2f} µs  "
-                      f"kernel {row[2]:5.2f} µs  p99 {row[3]:6.0f} µs", flush=True)
-        print("\n| proxy | req/s | CPU per request (µs) | user space | kernel | p99 (µs) | CPU ÷ HAProxy |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+                print(f"round {r + 1} {t:8} {row[0]:8.0f} {unit}/s  user {row[1]:6.2f} µs  "
+                      f"kernel {row[2]:6.2f} µs" + ("" if big else f"  p99 {row[3]:6.0f} µs"), flush=True)
+        print(f"\n| proxy | {unit}s/s | CPU per {unit} (µs) | user space | kernel |"
+              + ("" if big else " p99 (µs) |") + " CPU ÷ HAProxy |")
+        print("|---|---:|---:|---:|---:|" + ("" if big else "---:|") + "---:|")
         med = {t: [statistics.median(x[i] for x in rows[t]) for i in range(4)] for t in rows}
-        ha = med["haproxy"][1] + med["haproxy"][2]
+        ha_cpu = med["haproxy"][1] + med["haproxy"][2]
         for t, m in med.items():
-            print(f"| {t} | {m[0]:,.0f} | {m[1] + m[2]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {m[3]:,.0f} | "
-                  f"{(m[1] + m[2]) / ha:.2f} |")
+            print(f"| {t} | {m[0]:,.0f} | {m[1] + m[2]:.2f} | {m[1]:.2f} | {m[2]:.2f} | "
+                  + ("" if big else f"{m[3]:,.0f} | ") + f"{(m[1] + m[2]) / ha_cpu:.2f} |")
         print(f"\nmedians of {a.rounds} interleaved rounds of {a.duration:g} s")
     finally:
         for pr in procs:
