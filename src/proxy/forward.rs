@@ -90,12 +90,12 @@ pub(super) async fn proxy(
         ),
     };
     let mut tried = Tried::new(f.rt.servers.len());
-    let mut any_available = false;
     // Every connect that failed failed for a reason of this host (no fds...).
     let mut all_local = true;
-    // A String only once an attempt failed: a literal here would be a heap
-    // allocation per request (the only one on the keep-alive path, measured
-    // with a uprobe on malloc).
+    // Why the last attempt failed; None while no server could be tried. A String
+    // only once an attempt failed: a placeholder here would be a heap allocation
+    // per request (the only one on the keep-alive path, measured with a uprobe
+    // on malloc).
     let mut last_error: Option<String> = None;
     let mut first_pick = true;
     loop {
@@ -114,7 +114,6 @@ pub(super) async fn proxy(
         let Some(_slot) = ActiveSlot::acquire(server, entry.max_connections) else {
             continue;
         };
-        any_available = true;
         match f.attempt(i, probe, buf).await {
             Ok(served) => return served,
             Err(u) => {
@@ -123,8 +122,7 @@ pub(super) async fn proxy(
             }
         }
     }
-    f.unavailable(any_available, any_available && all_local, last_error)
-        .await
+    f.unavailable(last_error, all_local).await
 }
 
 /// When a local connect failure was last logged (unix seconds).
@@ -368,25 +366,20 @@ impl Forward<'_> {
         }
     }
 
-    /// No server took the request: 503 when none could (offline or at
-    /// MaxConnections), 502 with the last connect error when some could.
-    /// `local`: every server was reached for but this host could not connect
-    /// (out of fds, ports, memory): 503, the servers are not at fault.
-    async fn unavailable(
-        &self,
-        any_available: bool,
-        local: bool,
-        last_error: Option<String>,
-    ) -> Served {
-        let (status, extra) = if any_available && !local {
-            (502, "")
-        } else {
-            (503, "Retry-After: 1\r\n")
-        };
-        let why = if any_available {
-            last_error.unwrap_or_else(|| "no server available".into())
-        } else {
-            "no server available (offline or at MaxConnections)".into()
+    /// No server took the request: 503 when none could be tried (offline or at
+    /// MaxConnections), 502 with the last connect error when some were.
+    /// `all_local`: every attempt failed for a reason of this host (out of fds,
+    /// ports, memory): 503, the servers are not at fault.
+    async fn unavailable(&self, last_error: Option<String>, all_local: bool) -> Served {
+        const RETRY: &str = "Retry-After: 1\r\n";
+        let (status, extra, why) = match last_error {
+            Some(why) if !all_local => (502, "", why),
+            Some(why) => (503, RETRY, why),
+            None => (
+                503,
+                RETRY,
+                "no server available (offline or at MaxConnections)".into(),
+            ),
         };
         crate::warn!(
             "entry {}: {status} for client {}: {why}",
