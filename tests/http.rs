@@ -647,7 +647,8 @@ fn stop_and_go_body(d: Driver, splice: &str) {
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     let slow_until = Instant::now() + Duration::from_millis(300);
-    let head_end = loop {
+    let mut head_end = None;
+    while head_end.is_none_or(|h| raw.len() < h + total) {
         let want = if Instant::now() < slow_until {
             thread::sleep(Duration::from_millis(5));
             1024
@@ -661,12 +662,11 @@ fn stop_and_go_body(d: Driver, splice: &str) {
             .expect("reading the response");
         assert!(n > 0, "closed after {} bytes", raw.len());
         raw.extend_from_slice(&buf[..n]);
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            if raw.len() >= i + 4 + total {
-                break i + 4;
-            }
+        if head_end.is_none() {
+            head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
         }
-    };
+    }
+    let head_end = head_end.expect("the loop ends once the head is in");
     assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", &raw[..head_end]);
     assert_eq!(raw.len(), head_end + total, "bytes past the body");
     assert!(raw[head_end..] == pattern_vec(total)[..], "body altered");

@@ -741,10 +741,8 @@ fn trusted_proxies(d: Driver) {
 /// behind a `proxy` listener, the header received is relayed.
 fn send_proxy_tcp(d: Driver) {
     let rec = TcpRecorder::start();
-    let (p2, p3) = match util::free_ports(2)[..] {
-        [a, b] => (a, b),
-        _ => unreachable!(),
-    };
+    let ports = util::free_ports(2);
+    let (p2, p3) = (ports[0], ports[1]);
     let config = format!(
         "[PROXY_ENTRY]\nName t1\nMode tcp\nListen 127.0.0.1:@PORT@\nServerList {r}\nSendProxy v1\n\n\
          [PROXY_ENTRY]\nName t2\nMode tcp\nListen 127.0.0.1:{p2}\nServerList {r}\nSendProxy v2\n\n\
