@@ -13,38 +13,29 @@ Layout as bench/run.py's one-core table: each proxy alone on CPU 1, the origin n
 and `wrk -t1 -c50` on CPU 0. Needs root-free tools only: nginx, haproxy, wrk, gcc
 (bench/run.py installs the first three).
 """
-import argparse, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, os, shutil, signal, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procs import wait_port  # noqa: E402
+from run import cpu_split, parse_wrk, render  # noqa: E402  (bench/run.py's helpers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CLK = os.sysconf("SC_CLK_TCK")
 
 
-def render(template, dest, values):
-    text = open(os.path.join(HERE, "conf", template)).read()
-    for k, v in values.items():
-        text = text.replace("{{" + k + "}}", str(v))
-    left = re.findall(r"\{\{\w+\}\}", text)
-    if left:
-        sys.exit(f"{template}: unfilled placeholders {left}")
-    open(dest, "w").write(text)
-
-
-def user_sys(pid):
-    """utime, stime (seconds) of a process, all threads."""
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(f[11]) / CLK, int(f[12]) / CLK
+def write_conf(template, dest, values):
+    with open(dest, "w") as f:
+        f.write(render(template, values))
 
 
 def wrk(port, duration):
+    """Requests served and p99 (µs) of one wrk run; a socket error or a non-2xx
+    answer ends the measurement (CPU per request of failed requests means nothing)."""
     out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{duration:g}s", "--latency",
                           f"http://127.0.0.1:{port}/small"], capture_output=True, text=True).stdout
-    req = int(re.search(r"(\d+) requests in", out).group(1))
-    m = re.search(r" 99%\s+([\d.]+)(us|ms|s)\b", out)
-    p99 = float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
-    return req, p99
+    res = parse_wrk(out)
+    if res["requests"] is None or res["errors"]:
+        sys.exit(f"wrk on port {port}: {res.get('error_text') or 'no result'}\n{out}")
+    return res["requests"], res["p99_us"]
 
 
 def client_64m(port, duration):
@@ -79,8 +70,8 @@ def main():
          "SINK": b + 14, "ORIGIN_WORKERS": 1, "SPLICE": "auto", "HAPROXY_GLOBAL_EXTRA": "",
          "HAPROXY_DEFAULTS_EXTRA": "", "NAME": "floor", "LISTEN_TLS": "", "SIMIAN_TLS": "",
          "HAPROXY_BIND_TLS": "", "NGINX_LISTEN_TLS": "", "NGINX_TLS": ""}
-    render("origin-nginx.conf", f"{work}/origin.conf", dict(v, PORT=0))
-    render("simian.conf", f"{work}/simian.conf", dict(v, PORT=b + 1))
+    write_conf("origin-nginx.conf", f"{work}/origin.conf", dict(v, PORT=0))
+    write_conf("simian.conf", f"{work}/simian.conf", dict(v, PORT=b + 1))
     big = a.workload == "64m"
     ha = dict(v, PORT=b + 2)
     if big:
@@ -91,7 +82,7 @@ def main():
             for _ in range(64):
                 f.write(block)
         os.chmod(f"{work}/www/64m.bin", 0o644)
-    render("haproxy.cfg", f"{work}/haproxy.cfg", ha)
+    write_conf("haproxy.cfg", f"{work}/haproxy.cfg", ha)
     relay = f"{work}/relay"
     subprocess.run(["gcc", "-O2", "-o", relay, os.path.join(HERE, "floor", "relay.c")], check=True)
     origins = [str(b + 11), str(b + 12), str(b + 13)]
@@ -118,14 +109,14 @@ def main():
         unit = "MiB" if big else "request"
         for r in range(a.rounds):
             for t, (port, pid) in targets.items():
-                u0, s0 = user_sys(pid)
+                u0, s0 = cpu_split([pid])
                 if big:
                     units, rate = client_64m(port, a.duration)
                     extra = 0.0
                 else:
                     units, extra = wrk(port, a.duration)
                     rate = units / a.duration
-                u1, s1 = user_sys(pid)
+                u1, s1 = cpu_split([pid])
                 row = (rate, (u1 - u0) * 1e6 / units, (s1 - s0) * 1e6 / units, extra)
                 rows[t].append(row)
                 print(f"round {r + 1} {t:8} {row[0]:8.0f} {unit}/s  user {row[1]:6.2f} µs  "
